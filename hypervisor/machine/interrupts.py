@@ -1,0 +1,181 @@
+"""Protected-mode interrupt and exception delivery, as the CPU does it (SDM Vol. 3, 6.12).
+
+Unicorn reports every exception and ``int n`` to a hook and never consults the IDT,
+so this module *is* the hardware's delivery microcode for every technique: read the
+gate, check it, pick the stack (switching to SS0:ESP0 from the TSS when the handler
+is more privileged), push the frame (and an error code for the vectors that have
+one), clear IF for interrupt gates, and hand back where the CPU goes next.
+
+It works on a *view* of the CPU: the native machine gives it the real tables; a
+trap-and-emulate monitor gives it the guest's own (virtual) tables and virtual CPL,
+and maps the answer onto the deprivileged real CPU itself. A fault while delivering
+is raised as ``DeliveryFault``; ``deliver_with_escalation`` turns it into #DF, and a
+fault while delivering #DF into a triple fault — the guest's crash, not ours.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from .descriptors import (TSS_ESP0, TSS_SS0, TASK_GATE, Descriptor, Gate, decode_gate)
+
+DE, DB, NMI, BP, OF, BR, UD, NM, DF = 0, 1, 2, 3, 4, 5, 6, 7, 8
+TS, NP, SS_FAULT, GP, PF, MF, AC = 10, 11, 12, 13, 14, 16, 17
+VECTORS_WITH_ERROR_CODE = frozenset({DF, TS, NP, SS_FAULT, GP, PF, AC})
+CONTRIBUTORY = frozenset({DE, TS, NP, SS_FAULT, GP})
+
+EXCEPTION_NAMES = {
+    DE: "#DE divide error", DB: "#DB debug", NMI: "NMI", BP: "#BP breakpoint", OF: "#OF overflow",
+    BR: "#BR bound", UD: "#UD invalid opcode", NM: "#NM no FPU", DF: "#DF double fault",
+    TS: "#TS invalid TSS", NP: "#NP segment not present", SS_FAULT: "#SS stack fault",
+    GP: "#GP general protection", PF: "#PF page fault", MF: "#MF FPU error", AC: "#AC alignment",
+}
+
+EFLAGS_TF = 1 << 8
+EFLAGS_IF = 1 << 9
+EFLAGS_NT = 1 << 14
+EFLAGS_RF = 1 << 16
+EFLAGS_VM = 1 << 17
+
+
+class EventKind(enum.Enum):
+    EXCEPTION = "exception"     # raised by the CPU: no DPL check, maybe an error code
+    EXTERNAL = "external"       # from the PIC: no DPL check, EXT bit in error codes
+    SOFTWARE = "software"       # int n / int3 / into: gate DPL must be >= CPL
+
+
+class DeliveryFault(Exception):
+    def __init__(self, vector: int, error_code: int, why: str):
+        super().__init__(why)
+        self.vector, self.error_code, self.why = vector, error_code, why
+
+
+class TripleFault(Exception):
+    """Delivering #DF itself faulted: a real PC would reset; we end the guest's run."""
+
+
+@dataclass(frozen=True)
+class CpuFrame:
+    """The state delivery consumes and produces: where the CPU is, in the view's terms."""
+    eip: int
+    cs: int
+    eflags: int
+    esp: int
+    ss: int
+
+
+@dataclass(frozen=True)
+class Delivered:
+    frame: CpuFrame          # the new CS:EIP, SS:ESP, EFLAGS
+    gate: Gate
+    handler_cpl: int
+    stack_switched: bool
+    error_code: int | None
+
+
+class DeliveryView(Protocol):
+    """What delivery needs of a CPU, real or virtual."""
+    cpl: int
+    idt_base: int
+    idt_limit: int
+
+    def read_linear(self, address: int, length: int) -> bytes: ...
+    def write_linear(self, address: int, data: bytes) -> None: ...
+    def descriptor(self, selector: int) -> Descriptor: ...
+    def tss_base(self) -> int: ...
+
+
+def _gate(view: DeliveryView, vector: int, ext: int) -> Gate:
+    error = vector * 8 + 2 + ext
+    if vector * 8 + 7 > view.idt_limit:
+        raise DeliveryFault(GP, error, f"vector {vector} is beyond the IDT limit {view.idt_limit:#x}")
+    raw = struct.unpack("<Q", view.read_linear(view.idt_base + vector * 8, 8))[0]
+    gate = decode_gate(raw)
+    if gate.type == TASK_GATE:
+        raise DeliveryFault(GP, error, f"vector {vector} is a task gate (task switching is not modelled)")
+    if gate.type not in (0xE, 0xF):
+        raise DeliveryFault(GP, error, f"vector {vector} has IDT type {gate.type:#x}, not a 32-bit gate")
+    if not gate.present:
+        raise DeliveryFault(NP, error, f"vector {vector}'s gate is not present")
+    return gate
+
+
+def deliver(view: DeliveryView, vector: int, kind: EventKind, error_code: int | None,
+            at: CpuFrame) -> Delivered:
+    """Deliver one event through the view's IDT; ``at`` is the state to save (return EIP included)."""
+    ext = 1 if kind is EventKind.EXTERNAL else 0
+    gate = _gate(view, vector, ext)
+    if kind is EventKind.SOFTWARE and gate.dpl < view.cpl:
+        raise DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} at CPL {view.cpl} through a DPL-{gate.dpl} gate")
+    target_sel = gate.selector
+    if target_sel & 0xFFFC == 0:
+        raise DeliveryFault(GP, ext, f"vector {vector}'s gate has a null code selector")
+    code = view.descriptor(target_sel)
+    if not code.is_code or code.dpl > view.cpl:
+        raise DeliveryFault(GP, (target_sel & 0xFFFC) + ext, f"vector {vector}'s gate selector {target_sel:#x} is not a usable code segment")
+    if not code.present:
+        raise DeliveryFault(NP, (target_sel & 0xFFFC) + ext, f"code segment {target_sel:#x} is not present")
+    handler_cpl = view.cpl if code.is_conforming else code.dpl
+    switched = handler_cpl < view.cpl
+    if switched:
+        tss = view.tss_base()
+        esp = struct.unpack("<I", view.read_linear(tss + TSS_ESP0 + 8 * handler_cpl, 4))[0]
+        ss = struct.unpack("<H", view.read_linear(tss + TSS_SS0 + 8 * handler_cpl, 2))[0]
+        if ss & 0xFFFC == 0:
+            raise DeliveryFault(TS, ext, f"TSS SS{handler_cpl} is null")
+        ss_desc = view.descriptor(ss)
+        if not ss_desc.is_writable_data or ss_desc.dpl != handler_cpl:
+            raise DeliveryFault(TS, (ss & 0xFFFC) + ext, f"TSS SS{handler_cpl} {ss:#x} is not a ring-{handler_cpl} stack")
+        words = [at.ss, at.esp, at.eflags, at.cs, at.eip]
+    else:
+        esp, ss = at.esp, at.ss
+        ss_desc = view.descriptor(ss)
+        words = [at.eflags, at.cs, at.eip]
+    if vector in VECTORS_WITH_ERROR_CODE and kind is EventKind.EXCEPTION:
+        words.append(error_code or 0)
+        pushed_error = error_code or 0
+    else:
+        pushed_error = None
+    new_esp = (esp - 4 * len(words)) & 0xFFFFFFFF
+    frame = struct.pack(f"<{len(words)}I", *reversed([w & 0xFFFFFFFF for w in words]))
+    try:
+        view.write_linear(ss_desc.base + new_esp, frame)
+    except (IndexError, ValueError) as e:
+        raise DeliveryFault(SS_FAULT if not switched else TS, ext, f"cannot push the frame: {e}") from None
+    eflags = at.eflags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
+    if gate.is_interrupt_gate:
+        eflags &= ~EFLAGS_IF
+    new_cs = (target_sel & 0xFFFC) | handler_cpl
+    new_ss = ((ss & 0xFFFC) | handler_cpl) if switched else ss
+    return Delivered(CpuFrame(gate.offset, new_cs, eflags, new_esp, new_ss), gate, handler_cpl,
+                     switched, pushed_error)
+
+
+def deliver_with_escalation(view: DeliveryView, vector: int, kind: EventKind,
+                            error_code: int | None, at: CpuFrame) -> tuple[Delivered, list[str]]:
+    """Deliver, turning faults during delivery into the exception the CPU would raise.
+
+    Returns what was delivered and a list of notes (why an escalation happened), for traces.
+    """
+    notes: list[str] = []
+    try:
+        return deliver(view, vector, kind, error_code, at), notes
+    except DeliveryFault as first:
+        notes.append(f"delivering vector {vector} faulted: {first.why}")
+        double = (vector == DF or (vector in CONTRIBUTORY and first.vector in CONTRIBUTORY)
+                  or (vector == PF and first.vector in CONTRIBUTORY | {PF}))
+        if vector == DF:
+            raise TripleFault(f"triple fault: {first.why}") from None
+        next_vector, next_error = (DF, 0) if double else (first.vector, first.error_code)
+        try:
+            return deliver(view, next_vector, EventKind.EXCEPTION, next_error, at), notes
+        except DeliveryFault as second:
+            notes.append(f"delivering vector {next_vector} faulted: {second.why}")
+            if next_vector == DF:
+                raise TripleFault(f"triple fault: {second.why}") from None
+            try:
+                return deliver(view, DF, EventKind.EXCEPTION, 0, at), notes
+            except DeliveryFault as third:
+                raise TripleFault(f"triple fault: {third.why}") from None

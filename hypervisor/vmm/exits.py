@@ -1,0 +1,67 @@
+"""One exit vocabulary for every technique.
+
+Whatever makes control leave the guest — a #GP from a deprivileged instruction, an
+``out`` to a device, a hypercall, a VT-x exit — is recorded as an ``ExitReason``.
+The numbers are Intel's basic exit reasons (SDM Vol. 3, Appendix C), so an exit under
+trap-and-emulate and the same exit under VT-x line up; events that only software
+techniques have (a reflected fault, an emulated ``iret``, a translation, a hypercall)
+are numbered from 256 on.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class ExitReason(enum.IntEnum):
+    EXCEPTION_NMI = 0            # a guest fault or int n, delivered through the guest's IDT
+    EXTERNAL_INTERRUPT = 1       # a PIC interrupt injected into the guest
+    TRIPLE_FAULT = 2
+    INTERRUPT_WINDOW = 7
+    CPUID = 10
+    HLT = 12
+    INVD = 13
+    INVLPG = 14
+    RDTSC = 16
+    VMCALL = 18
+    CR_ACCESS = 28
+    DR_ACCESS = 29
+    IO_INSTRUCTION = 30
+    RDMSR = 31
+    WRMSR = 32
+    GDTR_IDTR_ACCESS = 46
+    LDTR_TR_ACCESS = 47
+    EPT_VIOLATION = 48
+    WBINVD = 54
+    # Software-only events (no VT-x counterpart).
+    INTERRUPT_FLAG = 256         # cli / sti / popf trapped and emulated on the virtual IF
+    IRET = 257                   # iret emulated by the monitor (ring compression)
+    SEGMENT_LOAD = 258           # a selector load the deprivileged CPU refused
+    IDLE = 259                   # the guest halted; virtual time skipped to the next event
+    TRANSLATION = 260            # binary translation of a guest block
+    CALLOUT = 261                # translated code called out to the monitor
+    SHADOW_PAGE_FAULT = 262
+    HYPERCALL = 263
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+REASON_BY_LABEL = {r.label: r for r in ExitReason}
+
+
+@dataclass
+class ExitStats:
+    """Per-reason exit counts. A list indexed by reason keeps the hot path to one add."""
+    counts: dict[ExitReason, int] = field(default_factory=dict)
+
+    def add(self, reason: ExitReason, n: int = 1) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + n
+
+    def as_dict(self) -> dict[str, int]:
+        return {r.label: n for r, n in sorted(self.counts.items())}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
