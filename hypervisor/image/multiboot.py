@@ -47,7 +47,7 @@ INFO_MMAP = 1 << 6
 E820_RAM = 1
 E820_RESERVED = 2
 
-# What QEMU 7.2 reports to a `-m 64` guest (probe: guests/probe_mbinfo.S, kept for re-checking):
+# What QEMU 7.2 reports to a `-m 64` guest (probe: guests/meminfo.S, re-checked by tests/image):
 #   flags=0x0000024f (mem, boot_device, cmdline, mods, mmap, loader name)
 #   mem_lower=639 KiB   mem_upper=64384 KiB (= 64 MiB - 1 MiB - 128 KiB)
 #   mmap (24-byte entries, size field 20):
@@ -57,7 +57,8 @@ E820_RESERVED = 2
 #     0x00100000 len 0x03ee0000 type 1   RAM above 1 MiB
 #     0x03fe0000 len 0x00020000 type 2   top 128 KiB: SeaBIOS tables (ACPI, ...)
 #     0xfffc0000 len 0x00040000 type 2   the flash/BIOS image below 4 GiB
-# For other RAM sizes we keep the same shape: SeaBIOS reserves the top 128 KiB of RAM (below 4 GiB).
+# The same probe at -m 32 and -m 128 gives the same shape (mem_upper 31616 and 129920 KiB): SeaBIOS
+# always reserves the top 128 KiB of RAM, so memory_map() scales that way.
 LOW_RAM_END = 0x9FC00
 EBDA_BYTES = 0x400
 BIOS_ROM = (0xF0000, 0x10000)
