@@ -24,7 +24,8 @@
 #
 # Selectors: 0x08 ring-0 code, 0x10 ring-0 data, 0x1b ring-3 code, 0x23 ring-3 data, 0x28 TSS.
 #
-# keystone 0.9.2 puts a 0x66 prefix on lgdt/lidt and on `mov ds, ax`, and cannot encode far
+# keystone 0.9.2 puts a 0x66 prefix on lgdt/lidt, `mov ds, ax`, `push cs/ds/es` and on
+# `push CONSTANT` when CONSTANT is a symbol (a 16-bit push!), and cannot encode far
 # jumps, so those are written as bytes or with 32-bit registers (see shared UNICORN.md).
 
 COM1 = 0x3f8
