@@ -1,0 +1,372 @@
+"""The monitor every technique shares: hooks in, one run loop, exits out.
+
+A technique decides two things only: *how control reaches the monitor* (which hooks
+fire, what the CPU's privilege is) and *which CPU state is virtual*. Everything else
+lives here, once:
+
+* the **run loop**: run the guest in slices of exactly counted instructions, stop at
+  the next virtual-timer deadline, inject interrupts the (virtual) CPU accepts, skip
+  virtual time forward while the guest idles in ``hlt``, stop a runaway guest at its
+  instruction budget;
+* **port I/O** to the device bus (one hook, any CPL, IOPL checked by us because
+  Unicorn does not);
+* **event delivery** through the guest's IDT, with #DF and triple-fault escalation;
+* the **exit record**: every exit is counted by reason, and traced if asked.
+
+Virtual time: the guest's CPU runs at one instruction per nanosecond of virtual time.
+Instruction counts are exact (see ``Cpu.executed``), so the same run twice sees the
+timer fire at the same instruction: deterministic, unlike wall-clock time.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from unicorn import UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UcError
+from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT
+
+from ..machine.cpu import CS, EFLAGS, EFLAGS_IF, EIP
+from ..machine.interrupts import (EXCEPTION_NAMES, CpuFrame, EventKind, TripleFault,
+                                  deliver_with_escalation)
+from ..machine.pc import PC
+from .decode import MAX_INSN, Instruction, decode
+from .exits import ExitReason, ExitStats
+from .trace import ExitRecord, Trace
+
+NS_PER_INSTRUCTION = 1
+UNTIL_NEVER = 1 << 40          # an end address EIP never reaches: slices end by count
+POLL_SLICE = 10_000            # how often to look at IF while an interrupt waits on it
+
+
+@dataclass
+class RunResult:
+    technique: str
+    console: bytes
+    exit_code: int | None
+    halted_reason: str
+    instructions: int
+    exits: dict[str, int]
+    wall_s: float
+    virtual_ns: int
+    trace: list = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"console": self.console.decode("latin-1"), "exit_code": self.exit_code,
+                "technique": self.technique, "halted_reason": self.halted_reason,
+                "instructions": self.instructions, "exits": self.exits,
+                "wall_s": round(self.wall_s, 6), "virtual_ns": self.virtual_ns}
+
+
+class Monitor:
+    """Base of every technique. Subclasses override the ``technique hooks`` section."""
+
+    name = "monitor"
+    description = ""
+
+    def __init__(self, pc: PC, trace: Trace | None = None, max_instructions: int = 500_000_000):
+        self.pc = pc
+        self.cpu = pc.cpu
+        self.trace = trace or Trace()
+        self.stats = ExitStats()
+        self.max_instructions = max_instructions
+        self.instructions = 0            # guest instructions executed
+        self.stub_entries = 0            # monitor-stub instructions queued, not guest work
+        self.idle = False                # the guest is in hlt, waiting for an interrupt
+        self.wants_injection = False     # a hook saw an interrupt become deliverable
+        self.single_step = False         # run one instruction before injecting (sti shadow)
+        self._slice_start = 0
+        self._slice_budget = 0
+        uc = self.cpu.uc
+        uc.hook_add(UC_HOOK_INTR, self._hook_intr)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
+        uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, UC_X86_INS_OUT)
+        pic = pc.devices.pic
+        self._pic_pending = pic.has_interrupt
+
+    # == technique hooks =================================================================
+    def boot(self) -> None:
+        """Put the CPU into the state the guest starts in under this technique."""
+
+    def interrupts_enabled(self) -> bool:
+        """The IF the guest believes in."""
+        raise NotImplementedError
+
+    def current_frame(self, eip: int) -> CpuFrame:
+        """The guest's (virtual) CS, EFLAGS, SS:ESP with ``eip`` as the return address."""
+        raise NotImplementedError
+
+    def delivery_view(self):
+        """The DeliveryView (tables, CPL) through which guest events are delivered."""
+        raise NotImplementedError
+
+    def enter_handler(self, frame: CpuFrame, handler_cpl: int) -> None:
+        """Load the CPU with a delivered frame (mapping virtual selectors to real ones)."""
+        raise NotImplementedError
+
+    def io_permitted(self) -> bool:
+        raise NotImplementedError
+
+    def on_fault(self, vector: int, eip: int) -> None:
+        """A fault or trap the CPU raised (not ``int n``): by default reflect it to the guest."""
+        self.reflect(vector, eip, EventKind.EXCEPTION, self.error_code_for(vector, eip))
+
+    def on_software_interrupt(self, vector: int, next_eip: int) -> None:
+        self.reflect(vector, next_eip, EventKind.SOFTWARE, None)
+
+    def on_halt_return(self, eip: int) -> None:
+        """``emu_start`` came back early with nothing asked of it: the guest ran ``hlt``."""
+        self.halt(eip)
+
+    # == the run loop ====================================================================
+    def run(self) -> RunResult:
+        started = time.perf_counter()
+        pc, cpu, uc = self.pc, self.cpu, self.cpu.uc
+        pit, pic = pc.devices.pit, pc.devices.pic
+        self.boot()
+        while pc.outcome.halted_reason is None:
+            pit.update()
+            if self._pic_pending() and self.interrupts_enabled() and not self.single_step:
+                self.inject_external(pic.acknowledge())
+            if self.idle:
+                if not self._wait_for_interrupt():
+                    break
+                continue
+            budget = self.max_instructions - self.instructions
+            if budget <= 0:
+                pc.outcome.halted_reason = (f"runaway: stopped at --max-instructions "
+                                            f"{self.max_instructions} (EIP {cpu.read(EIP):#010x})")
+                break
+            deadline = pit.next_event_ns()
+            if deadline is not None:
+                budget = min(budget, max(1, -(-(deadline - pc.clock.now) // NS_PER_INSTRUCTION)))
+            if self._pic_pending():
+                budget = min(budget, POLL_SLICE)
+            if self.single_step:
+                budget = 1
+            self._run_slice(budget)
+        pc.outcome.halted_reason = pc.outcome.halted_reason or "stopped"
+        return RunResult(self.name, bytes(pc.outcome.console), pc.outcome.exit_code,
+                         pc.outcome.halted_reason, self.instructions, self.stats.as_dict(),
+                         time.perf_counter() - started, pc.clock.now,
+                         [r.as_json() for r in self.trace.records])
+
+    def _run_slice(self, budget: int) -> None:
+        pc, cpu = self.pc, self.cpu
+        pc.stop_requested = None
+        self.wants_injection = False
+        was_single = self.single_step
+        eip = cpu.read(EIP)
+        self._slice_budget = budget
+        try:
+            cpu.uc.emu_start(eip, UNTIL_NEVER, count=budget)
+        except UcError as e:
+            self._account(budget)
+            self.guest_crash(f"{e} at EIP {cpu.read(EIP):#010x}")
+            return
+        executed = self._account(budget)
+        if was_single:
+            self.single_step = False
+        if pc.stop_requested or self.wants_injection or self.idle or was_single:
+            return
+        if executed < budget:
+            self.on_halt_return(cpu.read(EIP))
+
+    def _account(self, budget: int) -> int:
+        """Add the slice's guest instructions to the count and the virtual clock.
+
+        The monitor's own stub instructions (an ``iretd`` that enters the guest) ran on
+        the same counter; they are not the guest's work, so they are taken off.
+        """
+        executed = self.cpu.executed(budget)
+        self._slice_budget = 0
+        stubs = self.stub_entries - (1 if self.stub_pending() else 0)
+        self.stub_entries -= stubs
+        guest = max(0, executed - stubs)
+        self.instructions += guest
+        self.pc.clock.advance(guest * NS_PER_INSTRUCTION)
+        return executed
+
+    def stub_pending(self) -> bool:
+        """True when the CPU is parked on a monitor stub that has not run yet."""
+        return False
+
+    def _wait_for_interrupt(self) -> bool:
+        """The guest is halted: jump virtual time to the next event, or end the run."""
+        pc = self.pc
+        if self._pic_pending() and self.interrupts_enabled():
+            self.idle = False
+            return True
+        deadline = pc.devices.pit.next_event_ns()
+        if not self.interrupts_enabled() or deadline is None:
+            why = "interrupts disabled" if not self.interrupts_enabled() else "no timer armed"
+            pc.outcome.halted_reason = f"halted: hlt with {why}, nothing can wake the guest"
+            return False
+        self.stats.add(ExitReason.IDLE)
+        pc.clock.advance_to(max(deadline, pc.clock.now))
+        pc.devices.pit.update()
+        return True
+
+    # == events ==========================================================================
+    def halt(self, next_eip: int) -> None:
+        """The guest executed hlt; ``next_eip`` is where it resumes after the interrupt."""
+        self.cpu.write(EIP, next_eip)
+        if self._pic_pending() and self.interrupts_enabled():
+            self.inject_external(self.pc.devices.pic.acknowledge())
+            return
+        self.idle = True
+        self.cpu.uc.emu_stop()
+
+    def inject_external(self, vector: int) -> None:
+        self.idle = False
+        eip = self.cpu.read(EIP)
+        self.record(ExitReason.EXTERNAL_INTERRUPT, eip, "inject",
+                    f"PIC raised vector {vector:#x}; the guest's IF is set, so it is delivered "
+                    f"through the guest's IDT", qualification=f"vector={vector:#x}")
+        self.deliver(vector, EventKind.EXTERNAL, None, eip)
+
+    def reflect(self, vector: int, return_eip: int, kind: EventKind, error_code: int | None) -> None:
+        name = EXCEPTION_NAMES.get(vector, f"vector {vector:#x}") if kind is EventKind.EXCEPTION else f"int {vector:#x}"
+        self.record(ExitReason.EXCEPTION_NMI, self.cpu.read(EIP), "reflect",
+                    f"{name}: delivered through the guest's own IDT",
+                    qualification=f"vector={vector:#x}" + (f" error={error_code:#x}" if error_code is not None else ""))
+        self.deliver(vector, kind, error_code, return_eip)
+
+    def deliver(self, vector: int, kind: EventKind, error_code: int | None, return_eip: int) -> None:
+        try:
+            delivered, notes = deliver_with_escalation(self.delivery_view(), vector, kind, error_code,
+                                                       self.current_frame(return_eip))
+        except TripleFault as e:
+            self.record(ExitReason.TRIPLE_FAULT, return_eip, "crash", str(e))
+            self.guest_crash(f"{e} (EIP {self.cpu.read(EIP):#010x})")
+            return
+        for note in notes:
+            self.record(ExitReason.EXCEPTION_NMI, return_eip, "escalate", note)
+        self.enter_handler(delivered.frame, delivered.handler_cpl)
+
+    def guest_crash(self, why: str) -> None:
+        self.pc.request_stop(f"guest crash: {why}")
+
+    def error_code_for(self, vector: int, eip: int) -> int | None:
+        """Unicorn does not expose the error code: derive it from the faulting instruction."""
+        if vector not in (10, 11, 12, 13, 17, 8, 14):
+            return None
+        insn = self.fetch(eip)
+        if insn is not None and vector in (10, 11, 12, 13) and self._loads_selector(insn):
+            return self._selector_operand(insn) & 0xFFFC
+        return 0
+
+    @staticmethod
+    def _loads_selector(insn: Instruction) -> bool:
+        if insn.mnemonic in ("lds", "les", "lfs", "lgs", "lss", "ljmp", "lcall", "pop") and insn.operands:
+            return insn.mnemonic != "pop" or insn.operands[0][1] in ("ds", "es", "fs", "gs", "ss")
+        return insn.mnemonic == "mov" and insn.operands and insn.operands[0][0] == "reg" \
+            and insn.operands[0][1] in ("ds", "es", "fs", "gs", "ss")
+
+    def _selector_operand(self, insn: Instruction) -> int:
+        from ..machine.cpu import GPR_BY_NAME
+        if insn.mnemonic == "mov":
+            kind, *rest = insn.operands[1]
+            if kind == "reg":
+                name = rest[0]
+                full = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi",
+                        "di": "edi", "bp": "ebp", "sp": "esp"}.get(name, name)
+                return self.cpu.read(GPR_BY_NAME[full]) & 0xFFFF
+            if kind == "mem":
+                return int.from_bytes(self.read_linear(self.effective_address(rest[0]), 2), "little")
+        return 0
+
+    # == helpers for techniques ============================================================
+    def read_linear(self, address: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def fetch(self, eip: int) -> Instruction | None:
+        try:
+            code = self.read_linear(eip, MAX_INSN)
+        except (IndexError, ValueError):
+            try:
+                code = self.read_linear(eip, 1)
+            except (IndexError, ValueError):
+                return None
+        return decode(code, eip)
+
+    def effective_address(self, mem) -> int:
+        from ..machine.cpu import GPR_BY_NAME
+        addr = mem.disp
+        if mem.base:
+            addr += self.cpu.read(GPR_BY_NAME[mem.base])
+        if mem.index:
+            addr += self.cpu.read(GPR_BY_NAME[mem.index]) * mem.scale
+        return addr & 0xFFFFFFFF
+
+    def record(self, reason: ExitReason, eip: int, handler: str, explanation: str,
+               insn: Instruction | None = None, qualification: str = "") -> None:
+        self.stats.add(reason)
+        if self.trace.enabled:
+            self.trace.add(ExitRecord(0, self.instructions_now(), eip, reason, handler, explanation,
+                                      insn.raw if insn else b"", insn.text if insn else "", qualification))
+
+    def instructions_now(self) -> int:
+        """Guest instructions so far, including the running slice (for trace records)."""
+        if not self._slice_budget:
+            return self.instructions
+        return self.instructions + self.cpu.executed(self._slice_budget)
+
+    # == the hooks =========================================================================
+    def _hook_intr(self, uc, intno: int, _):
+        eip = self.cpu.read(EIP)
+        if self._is_software_interrupt(intno, eip):
+            self.on_software_interrupt(intno, eip)
+        else:
+            self.cpu.forget_fault()
+            self.on_fault(intno, eip)
+
+    def _is_software_interrupt(self, intno: int, eip: int) -> bool:
+        """int n, int3 and into report EIP after the instruction; faults report it on it."""
+        try:
+            if intno in (3, 4) and self.read_linear(eip - 1, 1)[0] == (0xCC if intno == 3 else 0xCE):
+                return True
+            return self.read_linear(eip - 2, 2) == bytes((0xCD, intno))
+        except (IndexError, ValueError):
+            return False
+
+    def _hook_invalid(self, uc, _) -> bool:
+        eip = self.cpu.read(EIP)
+        self.cpu.forget_fault()
+        self.on_fault(6, eip)
+        return True
+
+    def _hook_in(self, uc, port: int, size: int, _) -> int:
+        self.stats.add(ExitReason.IO_INSTRUCTION)
+        if self.trace.enabled:
+            self._trace_io(port, size, None)
+        if not self.io_permitted():
+            self._io_fault()
+            return 0
+        return self.pc.bus.read(port, size)
+
+    def _hook_out(self, uc, port: int, size: int, value: int, _) -> None:
+        self.stats.add(ExitReason.IO_INSTRUCTION)
+        if self.trace.enabled:
+            self._trace_io(port, size, value)
+        if not self.io_permitted():
+            self._io_fault()
+            return
+        self.pc.bus.write(port, size, value)
+        if self._pic_pending() and self.interrupts_enabled():
+            self.wants_injection = True
+            uc.emu_stop()
+
+    def _trace_io(self, port: int, size: int, value: int | None) -> None:
+        eip = self.cpu.read(EIP)
+        insn = self.fetch(eip)
+        what = f"in from port {port:#x}" if value is None else f"out {value:#x} to port {port:#x}"
+        self.trace.add(ExitRecord(0, self.instructions_now(), eip, ExitReason.IO_INSTRUCTION, "port-bus",
+                                  f"{what}: the device model answers", insn.raw if insn else b"",
+                                  insn.text if insn else "", f"port={port:#x} size={size}"))
+
+    def _io_fault(self) -> None:
+        # Port I/O at CPL > IOPL raises #GP(0) on real hardware; Unicorn skips the check.
+        eip = self.cpu.read(EIP)
+        self.stats.add(ExitReason.IO_INSTRUCTION, -1)
+        self.on_fault(13, eip)
