@@ -213,6 +213,13 @@ class Uart16550:
     # -- transmit ---------------------------------------------------------------
 
     def _write_thr(self, value: int) -> None:
+        if not self.ier and not self.mcr & MCR_LOOP:
+            # The console's common case: interrupts off, so IIR cannot change and
+            # THRE/TEMT are back before anyone can look. Same end state, less work.
+            self.thr = value
+            self.thr_ipending = True
+            self.tx(value)
+            return
         self.thr = value
         self.thr_ipending = False
         self.lsr &= ~(LSR_THRE | LSR_TEMT)
