@@ -6,8 +6,9 @@
 # past the GDT limit, into DS: error code = the selector), #NP (int 0x81 through a not-present
 # gate: error code = 0x81*8 + 2, bit 1 saying "IDT"), and int 0x80 through a DPL-3 trap gate.
 # Each handler prints where the CPU left EIP relative to the instruction ("site+N"), the CS in
-# the frame, the error code when the CPU pushes one, and IF as the handler sees it (cleared by an
-# interrupt gate, kept by a trap gate); then it moves EIP past the instruction and returns.
+# the frame, the error code when the CPU pushes one, and IF in the saved EFLAGS (read from the
+# frame, not with pushf: pushf is sensitive and would show the real IF under trap-and-emulate);
+# then it moves EIP past the instruction and returns.
 
 main:
     mov esi, x_name
@@ -108,8 +109,7 @@ h_de:
     sub eax, de_site
     mov ecx, 0xffffffff
     mov edx, dword ptr [esp + 36]
-    pushfd
-    pop ebx
+    mov ebx, dword ptr [esp + 40]   # EFLAGS in the frame: the interrupted code's IF
     call report
     add dword ptr [esp + 32], 2         # skip `div ecx` (f7 f1)
     popad
@@ -122,8 +122,7 @@ h_bp:
     sub eax, bp_site
     mov ecx, 0xffffffff
     mov edx, dword ptr [esp + 36]
-    pushfd
-    pop ebx
+    mov ebx, dword ptr [esp + 40]   # EFLAGS in the frame: the interrupted code's IF
     call report                         # a trap: EIP is already past int3
     popad
     iretd
@@ -135,8 +134,7 @@ h_ud:
     sub eax, ud_site
     mov ecx, 0xffffffff
     mov edx, dword ptr [esp + 36]
-    pushfd
-    pop ebx
+    mov ebx, dword ptr [esp + 40]   # EFLAGS in the frame: the interrupted code's IF
     call report
     add dword ptr [esp + 32], 2         # skip ud2 (0f 0b)
     popad
@@ -153,8 +151,7 @@ h_syscall:
     sub eax, sys_site
     mov ecx, 0xffffffff
     mov edx, dword ptr [esp + 36]
-    pushfd
-    pop ebx
+    mov ebx, dword ptr [esp + 40]   # EFLAGS in the frame: the interrupted code's IF
     call report                         # int n is a trap: EIP is past it already
     popad
     iretd
@@ -167,8 +164,7 @@ h_gp:
     sub eax, gp_site
     mov ecx, dword ptr [esp + 32]
     mov edx, dword ptr [esp + 40]
-    pushfd
-    pop ebx
+    mov ebx, dword ptr [esp + 44]   # EFLAGS in the frame: the interrupted code's IF
     call report
     add dword ptr [esp + 36], 2         # skip `mov ds, eax` (8e d8)
     popad
@@ -182,8 +178,7 @@ h_np:
     sub eax, np_site
     mov ecx, dword ptr [esp + 32]
     mov edx, dword ptr [esp + 40]
-    pushfd
-    pop ebx
+    mov ebx, dword ptr [esp + 44]   # EFLAGS in the frame: the interrupted code's IF
     call report
     add dword ptr [esp + 36], 2         # skip `int 0x81` (cd 81)
     popad
@@ -202,7 +197,7 @@ x_sys2:    .asciz ""
 x_site:    .asciz ": eip=site+"
 x_cs:      .asciz " cs="
 x_error:   .asciz " error="
-x_if:      .asciz " IF="
+x_if:      .asciz " frame IF="
 x_handled: .asciz "exceptions handled: "
 
 .include "runtime.S"

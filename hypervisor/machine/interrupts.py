@@ -154,9 +154,12 @@ def deliver(view: DeliveryView, vector: int, kind: EventKind, error_code: int | 
 
 
 def deliver_with_escalation(view: DeliveryView, vector: int, kind: EventKind,
-                            error_code: int | None, at: CpuFrame) -> tuple[Delivered, list[str]]:
+                            error_code: int | None, at: CpuFrame,
+                            fault_eip: int | None = None) -> tuple[Delivered, list[str]]:
     """Deliver, turning faults during delivery into the exception the CPU would raise.
 
+    ``fault_eip`` is the EIP a fault during delivery saves: for ``int n`` that is the
+    int instruction itself, not the instruction after it.
     Returns what was delivered and a list of notes (why an escalation happened), for traces.
     """
     notes: list[str] = []
@@ -169,6 +172,8 @@ def deliver_with_escalation(view: DeliveryView, vector: int, kind: EventKind,
         if vector == DF:
             raise TripleFault(f"triple fault: {first.why}") from None
         next_vector, next_error = (DF, 0) if double else (first.vector, first.error_code)
+        if fault_eip is not None:
+            at = CpuFrame(fault_eip, at.cs, at.eflags, at.esp, at.ss)
         try:
             return deliver(view, next_vector, EventKind.EXCEPTION, next_error, at), notes
         except DeliveryFault as second:

@@ -111,8 +111,8 @@ class Monitor:
         """A fault or trap the CPU raised (not ``int n``): by default reflect it to the guest."""
         self.reflect(vector, eip, EventKind.EXCEPTION, self.error_code_for(vector, eip))
 
-    def on_software_interrupt(self, vector: int, next_eip: int) -> None:
-        self.reflect(vector, next_eip, EventKind.SOFTWARE, None)
+    def on_software_interrupt(self, vector: int, next_eip: int, length: int) -> None:
+        self.reflect(vector, next_eip, EventKind.SOFTWARE, None, fault_eip=next_eip - length)
 
     def on_halt_return(self, eip: int) -> None:
         """``emu_start`` came back early with nothing asked of it: the guest ran ``hlt``."""
@@ -225,17 +225,19 @@ class Monitor:
                     f"through the guest's IDT", qualification=f"vector={vector:#x}")
         self.deliver(vector, EventKind.EXTERNAL, None, eip)
 
-    def reflect(self, vector: int, return_eip: int, kind: EventKind, error_code: int | None) -> None:
+    def reflect(self, vector: int, return_eip: int, kind: EventKind, error_code: int | None,
+                fault_eip: int | None = None) -> None:
         name = EXCEPTION_NAMES.get(vector, f"vector {vector:#x}") if kind is EventKind.EXCEPTION else f"int {vector:#x}"
         self.record(ExitReason.EXCEPTION_NMI, self.cpu.read(EIP), "reflect",
                     f"{name}: delivered through the guest's own IDT",
                     qualification=f"vector={vector:#x}" + (f" error={error_code:#x}" if error_code is not None else ""))
-        self.deliver(vector, kind, error_code, return_eip)
+        self.deliver(vector, kind, error_code, return_eip, fault_eip)
 
-    def deliver(self, vector: int, kind: EventKind, error_code: int | None, return_eip: int) -> None:
+    def deliver(self, vector: int, kind: EventKind, error_code: int | None, return_eip: int,
+                fault_eip: int | None = None) -> None:
         try:
             delivered, notes = deliver_with_escalation(self.delivery_view(), vector, kind, error_code,
-                                                       self.current_frame(return_eip))
+                                                       self.current_frame(return_eip), fault_eip)
         except TripleFault as e:
             self.record(ExitReason.TRIPLE_FAULT, return_eip, "crash", str(e))
             self.guest_crash(f"{e} (EIP {self.cpu.read(EIP):#010x})")
@@ -315,20 +317,24 @@ class Monitor:
     # == the hooks =========================================================================
     def _hook_intr(self, uc, intno: int, _):
         eip = self.cpu.read(EIP)
-        if self._is_software_interrupt(intno, eip):
-            self.on_software_interrupt(intno, eip)
+        length = self._software_interrupt_length(intno, eip)
+        if length:
+            self.on_software_interrupt(intno, eip, length)
         else:
             self.cpu.forget_fault()
             self.on_fault(intno, eip)
 
-    def _is_software_interrupt(self, intno: int, eip: int) -> bool:
-        """int n, int3 and into report EIP after the instruction; faults report it on it."""
+    def _software_interrupt_length(self, intno: int, eip: int) -> int:
+        """Length of the int n / int3 / into that raised ``intno``, or 0 for a fault.
+
+        Unicorn reports EIP after a software interrupt and on the instruction for a fault.
+        """
         try:
             if intno in (3, 4) and self.read_linear(eip - 1, 1)[0] == (0xCC if intno == 3 else 0xCE):
-                return True
-            return self.read_linear(eip - 2, 2) == bytes((0xCD, intno))
+                return 1
+            return 2 if self.read_linear(eip - 2, 2) == bytes((0xCD, intno)) else 0
         except (IndexError, ValueError):
-            return False
+            return 0
 
     def _hook_invalid(self, uc, _) -> bool:
         eip = self.cpu.read(EIP)

@@ -1,0 +1,186 @@
+"""The ``hv`` command: run a guest kernel, build one, or compare the techniques on it.
+
+Every user error becomes one line on stderr and exit status 2; a guest that crashes
+is a result (``halted_reason``), not an error. Exit status of ``hv run``: the value
+the guest wrote to isa-debug-exit (masked to 8 bits), or 1 if it ended any other way.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import HvError
+from .session import DEFAULT_MAX_INSTRUCTIONS, DEFAULT_MEMORY_MIB, load_image_bytes, run_image
+from .techniques import TECHNIQUES
+
+EPILOG = """techniques:
+""" + "\n".join(f"  {name:8} {cls.description}" for name, cls in TECHNIQUES.items()) + """
+
+examples:
+  hv run guests/hello.S                         run a guest on the bare machine
+  hv run guests/sensitive.S --technique trap    ... deprivileged, and watch x86 fail Popek-Goldberg
+  hv run guests/timer.S --technique trap --trace trace.jsonl   every exit, as JSON lines
+  hv compare guests/sensitive.S                 one table: every technique against native
+  hv build guests/hello.S -o hello.bin          a multiboot image qemu-system-i386 -kernel boots
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):                      # one line, exit 2, no usage dump
+        print(f"hv: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory", type=_positive, default=DEFAULT_MEMORY_MIB, metavar="MiB",
+                   help=f"guest RAM in MiB, a multiple of 2 (default {DEFAULT_MEMORY_MIB}, like qemu -m 64)")
+    p.add_argument("--max-instructions", type=_positive, default=DEFAULT_MAX_INSTRUCTIONS, metavar="N",
+                   help=f"stop a runaway guest after N guest instructions (default {DEFAULT_MAX_INSTRUCTIONS:,})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hv", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+                     description="hvsim: run real x86 guest kernels on a Unicorn CPU under a Python "
+                                 "virtual machine monitor, one virtualization technique at a time.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    run = sub.add_parser("run", help="run a guest and show its console",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+                         description="Run IMAGE (a multiboot kernel, or a guests/*.S source that is "
+                                     "assembled first) and write its COM1 console to stdout as it runs.")
+    run.add_argument("image", metavar="IMAGE", help="multiboot kernel (ELF32 or a.out-kludge flat) or .S source")
+    run.add_argument("--technique", "-t", default="native", metavar="NAME",
+                     help=f"how the guest shares the CPU: {', '.join(TECHNIQUES)} (default native)")
+    run.add_argument("--json", action="store_true",
+                     help="print one JSON object (console, exit_code, technique, halted_reason, "
+                          "instructions, exits, wall_s) as the last line instead of streaming the console")
+    run.add_argument("--trace", metavar="FILE",
+                     help="write every exit as a JSON line: EIP, instruction, reason, handler, explanation")
+    _add_run_options(run)
+
+    build = sub.add_parser("build", help="assemble a .S guest into a multiboot image",
+                           description="Assemble an Intel-syntax guest (keystone) and wrap it in a Multiboot v1 "
+                                       "a.out-kludge image that both hv and qemu-system-i386 -kernel boot.")
+    build.add_argument("source", metavar="SOURCE.S")
+    build.add_argument("-o", "--output", required=True, metavar="IMAGE")
+
+    compare = sub.add_parser("compare", help="run a guest under every technique and compare with native",
+                             description="Run IMAGE under every technique and print one table: same console "
+                                         "as native?, the first differing line, exits by reason, "
+                                         "instructions, wall time and the ratio to native.")
+    compare.add_argument("image", metavar="IMAGE")
+    compare.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
+    _add_run_options(compare)
+    return parser
+
+
+def _cmd_run(args) -> int:
+    stream = None if args.json else (lambda b: (sys.stdout.buffer.write(bytes((b,))), sys.stdout.buffer.flush()))
+    trace_file = None
+    try:
+        if args.trace:
+            try:
+                trace_file = open(args.trace, "w")
+            except OSError as e:
+                raise HvError(f"--trace {args.trace}: {e.strerror}") from None
+        result = run_image(args.image, technique=args.technique, memory_mib=args.memory,
+                           max_instructions=args.max_instructions, trace_file=trace_file, on_console=stream)
+    finally:
+        if trace_file:
+            trace_file.close()
+    if args.json:
+        print(json.dumps(result.as_json(), sort_keys=True))
+    else:
+        if result.console and not result.console.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+        print(f"[hv] {result.technique}: {result.halted_reason}; {result.instructions:,} instructions, "
+              f"{sum(result.exits.values()):,} exits, {result.wall_s:.3f} s", file=sys.stderr)
+    return (result.exit_code & 0xFF) if result.exit_code is not None else 1
+
+
+def first_difference(reference: bytes, other: bytes) -> str | None:
+    """The first line where ``other`` differs from ``reference``, shown as 'native | other'."""
+    a, b = reference.decode("latin-1").splitlines(), other.decode("latin-1").splitlines()
+    for i in range(max(len(a), len(b))):
+        x = a[i] if i < len(a) else "<none>"
+        y = b[i] if i < len(b) else "<none>"
+        if x != y:
+            return f"line {i + 1}: {x!r} | {y!r}"
+    return None
+
+
+def compare_techniques(image: bytes, memory_mib: int, max_instructions: int) -> list[dict]:
+    rows, native = [], None
+    for name in TECHNIQUES:
+        result = run_image(image, technique=name, memory_mib=memory_mib, max_instructions=max_instructions)
+        native = native or result
+        rows.append({
+            "technique": name,
+            "same_console": result.console == native.console,
+            "same_exit_code": result.exit_code == native.exit_code,
+            "first_difference": first_difference(native.console, result.console),
+            "differing_lines": sum(1 for x, y in zip(native.console.splitlines(), result.console.splitlines()) if x != y)
+                               + abs(len(native.console.splitlines()) - len(result.console.splitlines())),
+            "exit_code": result.exit_code, "halted_reason": result.halted_reason,
+            "exits": result.exits, "instructions": result.instructions, "wall_s": result.wall_s,
+            "ratio_to_native": result.wall_s / native.wall_s if native.wall_s else None,
+        })
+    return rows
+
+
+def _cmd_compare(args) -> int:
+    image = load_image_bytes(args.image)
+    rows = compare_techniques(image, args.memory, args.max_instructions)
+    if args.json:
+        print(json.dumps({"image": args.image, "rows": rows}, sort_keys=True))
+        return 0
+    print(f"{'technique':10} {'console':10} {'exit':>5} {'instructions':>13} {'exits':>7} {'wall s':>8} {'÷native':>8}  exits by reason")
+    for r in rows:
+        same = "same" if r["same_console"] else f"{r['differing_lines']} differ"
+        exits = ", ".join(f"{k}={v}" for k, v in sorted(r["exits"].items(), key=lambda kv: -kv[1]))
+        print(f"{r['technique']:10} {same:10} {str(r['exit_code']):>5} {r['instructions']:>13,} "
+              f"{sum(r['exits'].values()):>7,} {r['wall_s']:>8.3f} {r['ratio_to_native'] or 0:>8.2f}  {exits}")
+    for r in rows:
+        if r["first_difference"]:
+            print(f"{r['technique']}: first difference at {r['first_difference']}")
+    return 0
+
+
+def _cmd_build(args) -> int:
+    data = load_image_bytes(args.source)
+    try:
+        with open(args.output, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise HvError(f"{args.output}: {e.strerror}") from None
+    print(f"[hv] wrote {args.output} ({len(data)} bytes)", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": _cmd_run, "build": _cmd_build, "compare": _cmd_compare}[args.command](args)
+    except HvError as e:
+        print(f"hv: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
