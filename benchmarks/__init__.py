@@ -1,0 +1,1 @@
+"""hvsim benchmarks: see README.md and run.py."""
