@@ -69,11 +69,27 @@ class PC:
         self.cpu.uc.emu_stop()
 
     # -- boot ---------------------------------------------------------------------------
+    def bios_handoff(self) -> None:
+        """Leave the PIC and PIT as the PC BIOS (SeaBIOS, under QEMU) leaves them for a kernel.
+
+        Not the chips' reset state: the BIOS has remapped the PICs to vectors 0x08/0x70,
+        masked all but the timer and the cascade, and set PIT channel 0 to mode 2 with
+        the full 65536 count (18.2 Hz). A kernel that enables interrupts without
+        programming the PIC therefore gets IRQ0 on vector 8 after ~55 ms of virtual
+        time, as on QEMU, and not an interrupt on vector 0 at once.
+        """
+        for port, value in ((0x20, 0x11), (0x21, 0x08), (0x21, 0x04), (0x21, 0x01),
+                            (0xA0, 0x11), (0xA1, 0x70), (0xA1, 0x02), (0xA1, 0x01),
+                            (0x21, 0xFA), (0xA1, 0xFF),
+                            (0x43, 0x34), (0x40, 0x00), (0x40, 0x00)):
+            self.bus.write(port, 1, value)
+
     def load_kernel(self, kernel: KernelImage, cmdline: bytes = b"") -> None:
         for seg in kernel.segments:
             self.memory.write(seg.paddr, seg.data + bytes(seg.memsz - len(seg.data)))
         self.memory.write(MULTIBOOT_INFO_ADDR, multiboot_info(self.memory.size, MULTIBOOT_INFO_ADDR, cmdline))
         self.memory.write(BOOT_GDT_ADDR, b"".join(struct.pack("<Q", d) for d in BOOT_GDT))
+        self.bios_handoff()
         cpu = self.cpu
         cpu.set_table_register(GDTR, BOOT_GDT_ADDR, len(BOOT_GDT) * 8 - 1)
         cpu.write(CR0, 0x11)                     # PE | ET, paging off

@@ -31,12 +31,12 @@ import struct
 from unicorn import UC_PROT_ALL
 
 from ..errors import UnsupportedGuest
-from ..machine.cpu import (CS, DS, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ES, ESP, FS, GDTR, GS,
+from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, DS, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ES, ESP, FS, GDTR, GS,
                            IDTR, LDTR, SS, TR)
 from ..machine.descriptors import (TSS32_AVAILABLE, TSS32_BUSY, Descriptor, decode_descriptor,
                                    encode_segment, with_dpl, with_present)
 from ..machine.interrupts import GP, NP, CpuFrame, DeliveryFault, EventKind
-from ..machine.pc import BOOT_CS, BOOT_DS, BOOT_GDT_ADDR, BOOT_GDT
+from ..machine.pc import BOOT_CS, BOOT_DS
 from ..vmm.emulate import EMULATORS, Unemulated
 from ..vmm.exits import ExitReason
 from ..vmm.monitor import Monitor
@@ -92,8 +92,10 @@ class TrapAndEmulate(Monitor):
     # -- boot ----------------------------------------------------------------------------
     def boot(self) -> None:
         cpu, v = self.cpu, self.vcpu
-        v.gdt_base, v.gdt_limit = BOOT_GDT_ADDR, len(BOOT_GDT) * 8 - 1
-        v.cr0 = 0x11
+        # The virtual CPU starts as the PC left the real one: Multiboot's entry state.
+        v.gdt_base, v.gdt_limit = cpu.table_register(GDTR)
+        v.idt_base, v.idt_limit = cpu.table_register(IDTR)
+        v.cr0, v.cr2, v.cr3, v.cr4 = (cpu.read(r) for r in (CR0, CR2, CR3, CR4))
         self.rebuild_shadow_gdt()
         cpu.set_table_register(IDTR, MONITOR_IDT, 0x7FF)
         cpu.set_segment_register(TR, MON_TSS, MONITOR_TSS, 0x67, 0x8B)

@@ -23,7 +23,7 @@ class VirtualCpu:
     gdt_base: int = 0
     gdt_limit: int = 0
     idt_base: int = 0
-    idt_limit: int = 0x3FF
+    idt_limit: int = 0
     ldtr: int = 0
     tr: int = 0
     tr_base: int = 0

@@ -1,0 +1,46 @@
+"""A guest that misbehaves is a result, not a VMM crash: runaway and triple fault."""
+import textwrap
+
+import pytest
+
+from hypervisor.image import build_image
+from hypervisor.session import run_image
+
+
+def guest(tmp_path, body: str) -> bytes:
+    src = tmp_path / "g.S"
+    src.write_text(textwrap.dedent("_start:\n" + body))
+    return build_image(src)
+
+
+@pytest.mark.parametrize("technique", ["native", "trap"])
+def test_runaway_guest_stops_exactly_at_max_instructions(tmp_path, technique):
+    image = guest(tmp_path, "l: inc eax\n jmp l\n")
+    result = run_image(image, technique=technique, max_instructions=100_001)
+    assert result.halted_reason.startswith("runaway")
+    assert result.instructions == 100_001
+
+
+@pytest.mark.parametrize("technique", ["native", "trap"])
+def test_triple_fault_is_reported_with_its_eip(tmp_path, technique):
+    # An empty IDT (limit 0): the #DE cannot be delivered, nor the #GP, nor the #DF.
+    image = guest(tmp_path, """
+        mov eax, idtr
+        .byte 0x0f, 0x01, 0x18
+        xor ecx, ecx
+    site:
+        div ecx
+        hlt
+    idtr: .word 0
+        .long 0
+    """)
+    result = run_image(image, technique=technique)
+    assert "triple fault" in result.halted_reason
+    assert "EIP 0x0010" in result.halted_reason
+
+
+def test_trap_refuses_paging_with_a_clear_error(tmp_path):
+    from hypervisor.errors import UnsupportedGuest
+    image = guest(tmp_path, "mov eax, cr0\n or eax, 0x80000000\n mov cr0, eax\n hlt\n")
+    with pytest.raises(UnsupportedGuest, match="paging"):
+        run_image(image, technique="trap")
