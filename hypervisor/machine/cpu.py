@@ -43,6 +43,9 @@ GDTR, IDTR, LDTR, TR = X.UC_X86_REG_GDTR, X.UC_X86_REG_IDTR, X.UC_X86_REG_LDTR, 
 GPR_BY_NAME = {"eax": EAX, "ecx": ECX, "edx": EDX, "ebx": EBX,
                "esp": ESP, "ebp": EBP, "esi": ESI, "edi": EDI}
 SEG_BY_NAME = {"cs": CS, "ss": SS, "ds": DS, "es": ES, "fs": FS, "gs": GS}
+# 16-bit names as capstone prints them (``lmsw ax``, ``mov ss, ax``), to their 32-bit registers.
+WIDE_NAME = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi", "di": "edi",
+             "bp": "ebp", "sp": "esp"}
 
 CR0_PE = 1 << 0
 EFLAGS_IF = 1 << 9
@@ -135,6 +138,12 @@ class Cpu:
         err = uclib.uc_reg_write(self._handle, reg, self._ref)
         if err:
             raise CpuError(f"reg_write({reg}, {value:#x}) failed (error {err})")
+
+    def read_named(self, name: str) -> int:
+        """A general register by its capstone name; 16-bit names give the low word."""
+        if name in WIDE_NAME:
+            return self.read(GPR_BY_NAME[WIDE_NAME[name]]) & 0xFFFF
+        return self.read(GPR_BY_NAME[name])
 
     def try_write(self, reg: int, value: int) -> bool:
         """Write a register, returning False where the CPU refuses (e.g. a bad segment)."""

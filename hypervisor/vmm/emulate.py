@@ -33,10 +33,7 @@ def _gpr(name: str) -> int:
 def _operand_value(m: "TrapAndEmulate", op, size: int = 4) -> int:
     kind = op[0]
     if kind == "reg":
-        name = op[1]
-        full = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi",
-                "di": "edi", "bp": "ebp", "sp": "esp"}.get(name, name)
-        return m.cpu.read(_gpr(full)) & ((1 << (8 * size)) - 1)
+        return m.cpu.read_named(op[1]) & ((1 << (8 * size)) - 1)
     if kind == "mem":
         return int.from_bytes(m.read_linear(m.effective_address(op[1]), size), "little")
     if kind == "imm":

@@ -266,14 +266,10 @@ class Monitor:
             and insn.operands[0][1] in ("ds", "es", "fs", "gs", "ss")
 
     def _selector_operand(self, insn: Instruction) -> int:
-        from ..machine.cpu import GPR_BY_NAME
         if insn.mnemonic == "mov":
             kind, *rest = insn.operands[1]
             if kind == "reg":
-                name = rest[0]
-                full = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi",
-                        "di": "edi", "bp": "ebp", "sp": "esp"}.get(name, name)
-                return self.cpu.read(GPR_BY_NAME[full]) & 0xFFFF
+                return self.cpu.read_named(rest[0]) & 0xFFFF
             if kind == "mem":
                 return int.from_bytes(self.read_linear(self.effective_address(rest[0]), 2), "little")
         return 0
