@@ -139,10 +139,15 @@ def rdmsr(m, insn):
     return ExitReason.RDMSR, "rdmsr faults at ring 1; the monitor answers from the virtual MSRs"
 
 
+# Bits an MSR keeps, where fewer than 64 (QEMU's model, the reference): SYSENTER_CS is 16 bits.
+MSR_WIDTH_MASK = {0x174: 0xFFFF}
+
+
 def wrmsr(m, insn):
     from ..machine.cpu import EAX, ECX, EDX
     ecx = m.cpu.read(ECX) & 0xFFFFFFFF
-    m.vcpu.msrs[ecx] = (m.cpu.read(EDX) & 0xFFFFFFFF) << 32 | (m.cpu.read(EAX) & 0xFFFFFFFF)
+    value = (m.cpu.read(EDX) & 0xFFFFFFFF) << 32 | (m.cpu.read(EAX) & 0xFFFFFFFF)
+    m.vcpu.msrs[ecx] = value & MSR_WIDTH_MASK.get(ecx, (1 << 64) - 1)
     return ExitReason.WRMSR, "wrmsr faults at ring 1; the monitor writes the virtual MSR"
 
 

@@ -5,6 +5,8 @@ For each guest in guests/: QEMU's console and exit code (run live) must equal hv
 lines must be exactly the sensitive-but-unprivileged instructions (Popek and Goldberg's
 failure on x86), and nothing else.
 """
+import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,8 +29,17 @@ SENSITIVE_LINES = {"sgdt", "sidt", "str", "pushf after cli", "popf to set IOPL=3
 @lru_cache(maxsize=None)
 def qemu_reference(name: str, tmp: str) -> tuple[bytes, int | None]:
     image = Path(tmp) / f"{name}.bin"
-    image.write_bytes(build_image(GUESTS / f"{name}.S"))
-    return run_qemu(image)
+    # Built in a fresh process: keystone keeps state across assemblies in one process and was
+    # seen to mis-assemble a guest late in a full test session (see the issue-2 closing note).
+    subprocess.run([sys.executable, "-m", "hypervisor", "build", str(GUESTS / f"{name}.S"), "-o", str(image)],
+                   check=True, capture_output=True)
+    # Every guest ends by writing isa-debug-exit; a run without an exit code is QEMU starved of
+    # CPU on a loaded machine (timeout), not a reference answer: run it again.
+    for _ in range(3):
+        console, exit_code = run_qemu(image, timeout=60)
+        if exit_code is not None:
+            break
+    return console, exit_code
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +51,7 @@ def qemu_dir(tmp_path_factory):
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_native_matches_qemu_byte_for_byte(source, qemu_dir):
     console, exit_code = qemu_reference(source.stem, qemu_dir)
-    result = run_image(source, technique="native")
+    result = run_image(Path(qemu_dir) / f"{source.stem}.bin", technique="native")
     assert result.console == console
     assert result.exit_code == exit_code
 
@@ -49,7 +60,7 @@ def test_native_matches_qemu_byte_for_byte(source, qemu_dir):
 @pytest.mark.parametrize("source", [s for s in SOURCES if s.stem != "sensitive"], ids=lambda p: p.stem)
 def test_trap_matches_qemu_for_every_guest_but_sensitive(source, qemu_dir):
     console, exit_code = qemu_reference(source.stem, qemu_dir)
-    result = run_image(source, technique="trap")
+    result = run_image(Path(qemu_dir) / f"{source.stem}.bin", technique="trap")
     assert result.console == console
     assert result.exit_code == exit_code
 
@@ -57,7 +68,7 @@ def test_trap_matches_qemu_for_every_guest_but_sensitive(source, qemu_dir):
 @pytest.mark.qemu
 def test_trap_differs_from_qemu_exactly_on_the_sensitive_instructions(qemu_dir):
     console, exit_code = qemu_reference("sensitive", qemu_dir)
-    result = run_image(GUESTS / "sensitive.S", technique="trap")
+    result = run_image(Path(qemu_dir) / "sensitive.bin", technique="trap")
     assert result.exit_code == exit_code
     bare, trapped = console.decode().splitlines(), result.console.decode().splitlines()
     assert len(bare) == len(trapped)
