@@ -10,6 +10,12 @@ The builder writes the header itself, as `.long` directives in front of the gues
 guest never has to. Keystone resolves forward references in `.long`, which is what makes the
 entry address (`_start`) and the end of the image exact without a second pass.
 
+Keystone 0.9.2 also has a radix bug: its lexer's default radix is read from a field nobody
+initialises, so a bare `48` means 48 or 0x48 depending on what the heap held (after any Ks that
+set an option has been freed, it is usually 0x48); and setting *any* option forces radix 16.
+So we set an option on every assembler (radix exactly 16, always) and write every decimal
+literal of the source in hex before keystone sees it: `48` means 48, every time.
+
 Keystone reports an error with no line number, so on failure we find the line ourselves: for a
 missing symbol we ask keystone which name it could not resolve; for anything else we look for the
 shortest prefix of the source that fails the same way.
@@ -20,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from keystone import KS_ARCH_X86, KS_MODE_32, Ks, KsError
+from keystone import KS_ARCH_X86, KS_MODE_32, KS_OPT_SYNTAX_INTEL, Ks, KsError
 
 from hypervisor.errors import AssemblyError
 
@@ -31,6 +37,25 @@ MULTIBOOT_HEADER_FLAGS = (1 << 1) | (1 << 16)
 ENTRY_LABEL = "_start"
 
 _INCLUDE = re.compile(r'^\s*\.include\s+"([^"]+)"\s*(#.*)?$')
+# A source line's pieces: string and character literals (kept), a comment (kept), other code.
+_PIECES = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|#.*|[^"\'#]+|.')
+_DECIMAL = re.compile(r"(?<![\w.$])\d+(?![\w.$])")
+
+
+def _decimal_as_hex(token: re.Match) -> str:
+    digits = token.group(0)
+    if len(digits) > 1 and digits[0] == "0":          # LLVM reads a leading 0 as octal
+        try:
+            return hex(int(digits, 8))
+        except ValueError:
+            return digits                             # not octal: keystone reports it
+    return hex(int(digits))
+
+
+def hex_literals(text: str) -> str:
+    """The same line with every decimal number written in hex, outside strings and comments."""
+    return "".join(piece if piece[0] in "\"'#" else _DECIMAL.sub(_decimal_as_hex, piece)
+                   for piece in _PIECES.findall(text))
 
 
 @dataclass(frozen=True)
@@ -88,9 +113,10 @@ def _epilogue(path: str) -> list[SourceLine]:
 
 def _assemble(lines: list[SourceLine], resolver=None) -> bytes:
     ks = Ks(KS_ARCH_X86, KS_MODE_32)
+    ks.syntax = KS_OPT_SYNTAX_INTEL       # the default syntax; setting it pins the radix to 16
     if resolver is not None:
         ks.sym_resolver = resolver
-    encoding, _ = ks.asm("\n".join(line.text for line in lines), LOAD_ADDR)
+    encoding, _ = ks.asm("\n".join(hex_literals(line.text) for line in lines), LOAD_ADDR)
     return bytes(encoding or b"")
 
 

@@ -71,3 +71,25 @@ def test_include_cycle_is_an_error(tmp_path):
     write(tmp_path, "b.S", '.include "a.S"\n')
     with pytest.raises(AssemblyError, match="cycle"):
         build_image(write(tmp_path, "g.S", '_start:\n.include "a.S"\n'))
+
+
+def test_decimal_literals_stay_decimal_after_keystone_has_been_given_options(tmp_path):
+    # keystone 0.9.2 never initialises its default radix; a freed Ks that had an option set
+    # leaves 16 behind, and a later `mov al, 48` used to assemble as mov al, 0x48.
+    from keystone import KS_ARCH_X86, KS_MODE_32, KS_OPT_SYNTAX_INTEL, Ks
+    for _ in range(3):
+        ks = Ks(KS_ARCH_X86, KS_MODE_32)
+        ks.syntax = KS_OPT_SYNTAX_INTEL
+        ks.asm("nop", 0)
+        del ks
+        image = build_image(write(tmp_path, "d.S", "_start:\n mov al, 48\n mov al, 0x30\n add al, 10\n"))
+        assert image[32:38] == bytes.fromhex("b030b030040a")
+
+
+def test_hex_literals_rewrites_numbers_but_not_strings_comments_or_names():
+    from hypervisor.image.assemble import hex_literals
+    assert hex_literals("mov al, 48  # '0' and 12") == "mov al, 0x30  # '0' and 12"
+    assert hex_literals('.asciz "r2 d2 100"') == '.asciz "r2 d2 100"'
+    assert hex_literals("add dword ptr [esp + 32], 0x2") == "add dword ptr [esp + 0x20], 0x2"
+    assert hex_literals("rt_stack1: .fill 4096, 1, 0") == "rt_stack1: .fill 0x1000, 0x1, 0x0"
+    assert hex_literals("mov al, 010") == "mov al, 0x8"       # a leading 0 is octal, as in LLVM

@@ -1,12 +1,10 @@
 """The bare machine is the referee: every guest prints the same under hvsim as under QEMU.
 
-For each guest in guests/: QEMU's console and exit code (run live) must equal hvsim's under
-``native`` byte for byte, and under ``trap`` too — except the sensitive guest, whose differing
+For each guest in guests/: QEMU's console and exit code (run live) must equal hvsim's on the
+same image file under ``native`` byte for byte, and under ``trap`` too — except the sensitive guest, whose differing
 lines must be exactly the sensitive-but-unprivileged instructions (Popek and Goldberg's
 failure on x86), and nothing else.
 """
-import subprocess
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,17 +27,8 @@ SENSITIVE_LINES = {"sgdt", "sidt", "str", "pushf after cli", "popf to set IOPL=3
 @lru_cache(maxsize=None)
 def qemu_reference(name: str, tmp: str) -> tuple[bytes, int | None]:
     image = Path(tmp) / f"{name}.bin"
-    # Built in a fresh process: keystone keeps state across assemblies in one process and was
-    # seen to mis-assemble a guest late in a full test session (see the issue-2 closing note).
-    subprocess.run([sys.executable, "-m", "hypervisor", "build", str(GUESTS / f"{name}.S"), "-o", str(image)],
-                   check=True, capture_output=True)
-    # Every guest ends by writing isa-debug-exit; a run without an exit code is QEMU starved of
-    # CPU on a loaded machine (timeout), not a reference answer: run it again.
-    for _ in range(3):
-        console, exit_code = run_qemu(image, timeout=60)
-        if exit_code is not None:
-            break
-    return console, exit_code
+    image.write_bytes(build_image(GUESTS / f"{name}.S"))
+    return run_qemu(image)
 
 
 @pytest.fixture(scope="module")
