@@ -32,10 +32,10 @@ from unicorn import UC_PROT_ALL
 
 from ..errors import UnsupportedGuest
 from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, DS, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ES, ESP, FS, GDTR, GS,
-                           IDTR, LDTR, SS, TR)
-from ..machine.descriptors import (TSS32_AVAILABLE, TSS32_BUSY, Descriptor, decode_descriptor,
+                           IDTR, SS, TR)
+from ..machine.descriptors import (TSS32_AVAILABLE, Descriptor, decode_descriptor,
                                    encode_segment, with_dpl, with_present)
-from ..machine.interrupts import GP, NP, CpuFrame, DeliveryFault, EventKind
+from ..machine.interrupts import GP, NP, CpuFrame, DeliveryFault
 from ..machine.pc import BOOT_CS, BOOT_DS
 from ..vmm.emulate import EMULATORS, Unemulated
 from ..vmm.exits import ExitReason

@@ -11,8 +11,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Callable
 
-from ..machine.cpu import GPR_BY_NAME
-from .decode import Instruction
+from ..machine.cpu import EAX, ECX, EDX, ESP, GPR_BY_NAME
 from .exits import ExitReason
 
 if TYPE_CHECKING:
@@ -132,7 +131,6 @@ def invlpg(m, insn):
 
 
 def rdmsr(m, insn):
-    from ..machine.cpu import EAX, ECX, EDX
     value = m.vcpu.msrs.get(m.cpu.read(ECX) & 0xFFFFFFFF, 0)
     m.cpu.write(EAX, value & 0xFFFFFFFF)
     m.cpu.write(EDX, value >> 32)
@@ -144,7 +142,6 @@ MSR_WIDTH_MASK = {0x174: 0xFFFF}
 
 
 def wrmsr(m, insn):
-    from ..machine.cpu import EAX, ECX, EDX
     ecx = m.cpu.read(ECX) & 0xFFFFFFFF
     value = (m.cpu.read(EDX) & 0xFFFFFFFF) << 32 | (m.cpu.read(EAX) & 0xFFFFFFFF)
     m.vcpu.msrs[ecx] = value & MSR_WIDTH_MASK.get(ecx, (1 << 64) - 1)
@@ -161,7 +158,6 @@ def invd(m, insn):
 
 def pop(m, insn):
     if insn.operands and insn.operands[0] == ("reg", "ss"):
-        from ..machine.cpu import ESP
         esp = m.cpu.read(ESP)
         selector = int.from_bytes(m.read_linear(esp, 2), "little")
         m.load_stack_segment(selector)

@@ -53,7 +53,7 @@ REASON_BY_LABEL = {r.label: r for r in ExitReason}
 
 @dataclass
 class ExitStats:
-    """Per-reason exit counts. A list indexed by reason keeps the hot path to one add."""
+    """Per-reason exit counts."""
     counts: dict[ExitReason, int] = field(default_factory=dict)
 
     def add(self, reason: ExitReason, n: int = 1) -> None:

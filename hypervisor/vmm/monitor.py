@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from unicorn import UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UcError
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT
 
-from ..machine.cpu import CS, EFLAGS, EFLAGS_IF, EIP
+from ..machine.cpu import EIP, GPR_BY_NAME
 from ..machine.interrupts import (EXCEPTION_NAMES, CpuFrame, EventKind, TripleFault,
                                   deliver_with_escalation)
 from ..machine.pc import PC
@@ -121,7 +121,7 @@ class Monitor:
     # == the run loop ====================================================================
     def run(self) -> RunResult:
         started = time.perf_counter()
-        pc, cpu, uc = self.pc, self.cpu, self.cpu.uc
+        pc, cpu = self.pc, self.cpu
         pit, pic = pc.devices.pit, pc.devices.pic
         self.boot()
         while pc.outcome.halted_reason is None:
@@ -289,7 +289,6 @@ class Monitor:
         return decode(code, eip)
 
     def effective_address(self, mem) -> int:
-        from ..machine.cpu import GPR_BY_NAME
         addr = mem.disp
         if mem.base:
             addr += self.cpu.read(GPR_BY_NAME[mem.base])
@@ -339,21 +338,21 @@ class Monitor:
         return True
 
     def _hook_in(self, uc, port: int, size: int, _) -> int:
-        self.stats.add(ExitReason.IO_INSTRUCTION)
-        if self.trace.enabled:
-            self._trace_io(port, size, None)
         if not self.io_permitted():
             self._io_fault()
             return 0
+        self.stats.add(ExitReason.IO_INSTRUCTION)
+        if self.trace.enabled:
+            self._trace_io(port, size, None)
         return self.pc.bus.read(port, size)
 
     def _hook_out(self, uc, port: int, size: int, value: int, _) -> None:
-        self.stats.add(ExitReason.IO_INSTRUCTION)
-        if self.trace.enabled:
-            self._trace_io(port, size, value)
         if not self.io_permitted():
             self._io_fault()
             return
+        self.stats.add(ExitReason.IO_INSTRUCTION)
+        if self.trace.enabled:
+            self._trace_io(port, size, value)
         self.pc.bus.write(port, size, value)
         if self._pic_pending() and self.interrupts_enabled():
             self.wants_injection = True
@@ -369,6 +368,4 @@ class Monitor:
 
     def _io_fault(self) -> None:
         # Port I/O at CPL > IOPL raises #GP(0) on real hardware; Unicorn skips the check.
-        eip = self.cpu.read(EIP)
-        self.stats.add(ExitReason.IO_INSTRUCTION, -1)
-        self.on_fault(13, eip)
+        self.on_fault(13, self.cpu.read(EIP))
