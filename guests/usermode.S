@@ -6,11 +6,14 @@
 # in hex, 3 exit with code EBX). Each time, the CPU switches to the TSS stack, and the kernel reads
 # the caller's ring from the CS RPL in the frame and checks that the frame sits at esp0.
 # Then the user program runs `cli`, privileged at CPL 3 with IOPL 0: #GP with error code 0, which
-# the kernel reports (with the ring it came from), skips, and returns to ring 3, which exits.
+# the kernel reports (with the ring it came from), skips, and returns to ring 3. Then `in al, dx`:
+# I/O at CPL 3 > IOPL 0 is a #GP too, and the instruction must not have happened (EAX keeps its
+# marker). Then the user program exits.
 
 SYS_WRITE = 1
 SYS_HEX = 2
 SYS_EXIT = 3
+SYS_EAX = 4
 
 main:
     mov esi, u_name
@@ -63,6 +66,15 @@ user_main:
     mov eax, SYS_WRITE
     mov ebx, u_after_cli
     int 0x80
+    mov eax, SYS_WRITE
+    mov ebx, u_try_in
+    int 0x80
+    mov dx, 0x3ff
+    mov eax, 0x5a5a5a5a
+    in al, dx                           # #GP(0) as well: the kernel skips it, AL is untouched
+    mov ebx, eax
+    mov eax, SYS_EAX
+    int 0x80
     mov eax, SYS_EXIT
     mov ebx, 0
     int 0x80
@@ -94,6 +106,8 @@ k_syscall:
     je k_hex
     cmp ecx, SYS_EXIT
     je k_exit
+    cmp ecx, SYS_EAX
+    je k_eax
     mov esi, k_bad
     call puts
     jmp k_sys_done
@@ -103,6 +117,11 @@ k_write:
     jmp k_sys_done
 k_hex:
     mov esi, k_hexmsg
+    mov eax, ebx
+    call put_kv_hex
+    jmp k_sys_done
+k_eax:
+    mov esi, k_eaxmsg
     mov eax, ebx
     call put_kv_hex
     jmp k_sys_done
@@ -135,7 +154,7 @@ k_gp:
     call puts
     call puthex32
     call k_print_origin
-    add dword ptr [ebp], 1              # skip `cli` (fa)
+    add dword ptr [ebp], 1              # skip `cli` (fa) or `in al, dx` (ec)
     pop eax
     mov es, eax
     pop eax
@@ -169,12 +188,14 @@ u_enter:     .asciz "kernel: iretd to ring 3\n"
 u_hello:     .asciz "user: hello from ring 3\n"
 u_try_cli:   .asciz "user: trying cli\n"
 u_after_cli: .asciz "user: still running after cli\n"
+u_try_in:    .asciz "user: trying in al, dx\n"
 k_sys:       .asciz "kernel: syscall "
 k_from:      .asciz " from ring "
 k_yes:       .asciz " (frame at esp0: yes)\n"
 k_no:        .asciz " (frame at esp0: NO)\n"
 k_bad:       .asciz "kernel: unknown syscall\n"
 k_hexmsg:    .asciz "user: my cs is "
+k_eaxmsg:    .asciz "user: eax after the faulting in is "
 k_exitmsg:   .asciz "kernel: user exit code "
 k_gpmsg:     .asciz "kernel: #GP error="
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from unicorn import UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UcError
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT
 
-from ..machine.cpu import EIP, GPR_BY_NAME
+from ..machine.cpu import EAX, EIP, GPR_BY_NAME
 from ..machine.interrupts import (EXCEPTION_NAMES, CpuFrame, EventKind, TripleFault,
                                   deliver_with_escalation)
 from ..machine.pc import PC
@@ -74,6 +74,7 @@ class Monitor:
         self.idle = False                # the guest is in hlt, waiting for an interrupt
         self.wants_injection = False     # a hook saw an interrupt become deliverable
         self.single_step = False         # run one instruction before injecting (sti shadow)
+        self.io_fault_at: int | None = None  # an in/out refused for IOPL, to fault once stopped
         self._slice_start = 0
         self._slice_budget = 0
         uc = self.cpu.uc
@@ -167,6 +168,9 @@ class Monitor:
         executed = self._account(budget)
         if was_single:
             self.single_step = False
+        if self.io_fault_at is not None:
+            self._raise_io_fault()
+            return
         if pc.stop_requested or self.wants_injection or self.idle or was_single:
             return
         if executed < budget:
@@ -339,8 +343,8 @@ class Monitor:
 
     def _hook_in(self, uc, port: int, size: int, _) -> int:
         if not self.io_permitted():
-            self._io_fault()
-            return 0
+            self._refuse_io()
+            return self.cpu.read(EAX) & ((1 << (8 * size)) - 1)   # leaves AL/AX/EAX as it was
         self.stats.add(ExitReason.IO_INSTRUCTION)
         if self.trace.enabled:
             self._trace_io(port, size, None)
@@ -348,7 +352,7 @@ class Monitor:
 
     def _hook_out(self, uc, port: int, size: int, value: int, _) -> None:
         if not self.io_permitted():
-            self._io_fault()
+            self._refuse_io()
             return
         self.stats.add(ExitReason.IO_INSTRUCTION)
         if self.trace.enabled:
@@ -366,6 +370,22 @@ class Monitor:
                                   f"{what}: the device model answers", insn.raw if insn else b"",
                                   insn.text if insn else "", f"port={port:#x} size={size}"))
 
-    def _io_fault(self) -> None:
-        # Port I/O at CPL > IOPL raises #GP(0) on real hardware; Unicorn skips the check.
-        self.on_fault(13, self.cpu.read(EIP))
+    def _refuse_io(self) -> None:
+        """Port I/O at CPL > IOPL is a #GP(0) on real hardware; Unicorn skips the check.
+
+        The hook cannot redirect the CPU (Unicorn finishes the in/out and overwrites EIP),
+        so it makes the instruction a no-op and stops; the loop then raises the fault.
+        """
+        self.io_fault_at = self.cpu.read(EIP)
+        self.cpu.uc.emu_stop()
+
+    def _raise_io_fault(self) -> None:
+        eip, self.io_fault_at = self.io_fault_at, None
+        insn = self.fetch(eip)
+        after = self.cpu.read(EIP)
+        if insn is None or after != (eip + insn.size) & 0xFFFFFFFF:
+            self.guest_crash(f"VMM could not stop at the refused I/O instruction at {eip:#010x} "
+                             f"(the CPU went on to {after:#010x})")
+            return
+        self.cpu.write(EIP, eip)
+        self.on_fault(13, eip)
