@@ -30,14 +30,10 @@ def _gpr(name: str) -> int:
 
 
 def _operand_value(m: "TrapAndEmulate", op, size: int = 4) -> int:
-    kind = op[0]
-    if kind == "reg":
-        return m.cpu.read_named(op[1]) & ((1 << (8 * size)) - 1)
-    if kind == "mem":
-        return int.from_bytes(m.read_linear(m.effective_address(op[1]), size), "little")
-    if kind == "imm":
-        return op[1]
-    raise Unemulated(f"operand {op}")
+    value = m.operand_value(op, size)
+    if value is None:
+        raise Unemulated(f"operand {op}")
+    return value
 
 
 def cli(m, insn):

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from unicorn import UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UcError
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT
 
-from ..machine.cpu import EAX, EIP, GPR_BY_NAME
-from ..machine.interrupts import (EXCEPTION_NAMES, CpuFrame, EventKind, TripleFault,
+from ..machine.cpu import EAX, EIP, ESP, GPR_BY_NAME
+from ..machine.interrupts import (EXCEPTION_NAMES, GP, NP, SS_FAULT, TS, VECTORS_WITH_ERROR_CODE,
+                                  CpuFrame, EventKind, TripleFault,
                                   deliver_with_escalation)
 from ..machine.pc import PC
 from .decode import MAX_INSN, Instruction, decode
@@ -35,7 +36,8 @@ from .trace import ExitRecord, Trace
 
 NS_PER_INSTRUCTION = 1
 UNTIL_NEVER = 1 << 40          # an end address EIP never reaches: slices end by count
-POLL_SLICE = 10_000            # how often to look at IF while an interrupt waits on it
+POLL_SLICE = 10_000
+SEGMENT_NAMES = ("ds", "es", "fs", "gs", "ss")            # how often to look at IF while an interrupt waits on it
 
 
 @dataclass
@@ -254,29 +256,45 @@ class Monitor:
         self.pc.request_stop(f"guest crash: {why}")
 
     def error_code_for(self, vector: int, eip: int) -> int | None:
-        """Unicorn does not expose the error code: derive it from the faulting instruction."""
-        if vector not in (10, 11, 12, 13, 17, 8, 14):
+        """Unicorn does not expose the error code: derive it from the faulting instruction.
+
+        A segment-load fault (#TS, #NP, #SS, #GP) names the selector it refused; other
+        faults with an error code are given 0 (#PF's bits are not computed yet).
+        """
+        if vector not in VECTORS_WITH_ERROR_CODE:
             return None
         insn = self.fetch(eip)
-        if insn is not None and vector in (10, 11, 12, 13) and self._loads_selector(insn):
-            return self._selector_operand(insn) & 0xFFFC
+        if insn is not None and vector in (TS, NP, SS_FAULT, GP):
+            selector = self._loaded_selector(insn)
+            if selector is not None:
+                return selector & 0xFFFC
         return 0
 
-    @staticmethod
-    def _loads_selector(insn: Instruction) -> bool:
-        if insn.mnemonic in ("lds", "les", "lfs", "lgs", "lss", "ljmp", "lcall", "pop") and insn.operands:
-            return insn.mnemonic != "pop" or insn.operands[0][1] in ("ds", "es", "fs", "gs", "ss")
-        return insn.mnemonic == "mov" and insn.operands and insn.operands[0][0] == "reg" \
-            and insn.operands[0][1] in ("ds", "es", "fs", "gs", "ss")
+    def _loaded_selector(self, insn: Instruction) -> int | None:
+        """The selector a segment-loading instruction loads, or None if it loads none."""
+        ops, name = insn.operands, insn.mnemonic
+        if name == "mov" and len(ops) == 2 and ops[0][0] == "reg" and ops[0][1] in SEGMENT_NAMES:
+            return self.operand_value(ops[1], 2)
+        if name == "pop" and ops and ops[0][0] == "reg" and ops[0][1] in SEGMENT_NAMES:
+            return int.from_bytes(self.read_linear(self.cpu.read(ESP), 2), "little")
+        if name in ("lds", "les", "lfs", "lgs", "lss") and len(ops) == 2 and ops[1][0] == "mem":
+            return int.from_bytes(self.read_linear(self.effective_address(ops[1][1]) + 4, 2), "little")
+        if name in ("ljmp", "lcall") and len(ops) == 2 and ops[0][0] == "imm":   # jmp sel:offset
+            return ops[0][1] & 0xFFFF
+        if name in ("jmp", "call", "ljmp", "lcall") and ops and ops[0][0] == "mem" and ops[0][2] == 6:
+            return int.from_bytes(self.read_linear(self.effective_address(ops[0][1]) + 4, 2), "little")
+        return None
 
-    def _selector_operand(self, insn: Instruction) -> int:
-        if insn.mnemonic == "mov":
-            kind, *rest = insn.operands[1]
-            if kind == "reg":
-                return self.cpu.read_named(rest[0]) & 0xFFFF
-            if kind == "mem":
-                return int.from_bytes(self.read_linear(self.effective_address(rest[0]), 2), "little")
-        return 0
+    def operand_value(self, op, size: int = 4) -> int | None:
+        """The value of a decoded operand (register, memory or immediate), ``size`` bytes wide."""
+        kind = op[0]
+        if kind == "reg":
+            return self.cpu.read_named(op[1]) & ((1 << (8 * size)) - 1)
+        if kind == "mem":
+            return int.from_bytes(self.read_linear(self.effective_address(op[1]), size), "little")
+        if kind == "imm":
+            return op[1]
+        return None
 
     # == helpers for techniques ============================================================
     def read_linear(self, address: int, length: int) -> bytes:
