@@ -19,7 +19,8 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from .descriptors import (TSS_ESP0, TSS_SS0, TASK_GATE, Descriptor, Gate, decode_gate)
+from .descriptors import (TSS_ESP0, TSS_SS0, TASK_GATE, Descriptor, Gate, decode_descriptor,
+                          decode_gate)
 
 DE, DB, NMI, BP, OF, BR, UD, NM, DF = 0, 1, 2, 3, 4, 5, 6, 7, 8
 TS, NP, SS_FAULT, GP, PF, MF, AC = 10, 11, 12, 13, 14, 16, 17
@@ -85,6 +86,14 @@ class DeliveryView(Protocol):
     def write_linear(self, address: int, data: bytes) -> None: ...
     def descriptor(self, selector: int) -> Descriptor: ...
     def tss_base(self) -> int: ...
+
+
+def table_descriptor(read_linear, base: int, limit: int, selector: int) -> Descriptor:
+    """The descriptor ``selector`` names in the table at ``base`` (GDT or LDT), limit-checked."""
+    index = selector & 0xFFF8
+    if index + 7 > limit:
+        raise DeliveryFault(GP, selector & 0xFFFC, f"selector {selector:#x} is beyond the table limit {limit:#x}")
+    return decode_descriptor(struct.unpack("<Q", read_linear(base + index, 8))[0])
 
 
 def _gate(view: DeliveryView, vector: int, ext: int) -> Gate:

@@ -9,12 +9,11 @@ idles the virtual clock forward.
 """
 from __future__ import annotations
 
-import struct
 
 from ..machine.cpu import (CR0, CR3, CR4, CS, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ESP,
                            GDTR, IDTR, LDTR, SS, TR)
-from ..machine.descriptors import Descriptor, decode_descriptor
-from ..machine.interrupts import CpuFrame, DeliveryFault, GP
+from ..machine.descriptors import Descriptor
+from ..machine.interrupts import CpuFrame, table_descriptor
 from ..machine.linear import LinearMemory
 from ..vmm.monitor import Monitor
 
@@ -41,10 +40,7 @@ class RealView:
             _, base, limit, _ = self._cpu.segment_register(LDTR)
         else:
             base, limit = self.gdt_base, self.gdt_limit
-        index = selector & 0xFFF8
-        if index + 7 > limit:
-            raise DeliveryFault(GP, selector & 0xFFFC, f"selector {selector:#x} is beyond the table limit")
-        return decode_descriptor(struct.unpack("<Q", self.read_linear(base + index, 8))[0])
+        return table_descriptor(self.read_linear, base, limit, selector)
 
     def tss_base(self) -> int:
         return self._cpu.segment_register(TR)[1]

@@ -35,8 +35,7 @@ from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, DS, EFLAGS, EFLAGS_IF, EFLAGS
                            IDTR, SS, TR)
 from ..machine.descriptors import (TSS32_AVAILABLE, Descriptor, decode_descriptor,
                                    encode_segment, with_dpl, with_present)
-from ..machine.interrupts import GP, NP, CpuFrame, DeliveryFault
-from ..machine.pc import BOOT_CS, BOOT_DS
+from ..machine.interrupts import GP, NP, CpuFrame, DeliveryFault, table_descriptor
 from ..vmm.emulate import EMULATORS, Unemulated
 from ..vmm.exits import ExitReason
 from ..vmm.monitor import Monitor
@@ -99,20 +98,14 @@ class TrapAndEmulate(Monitor):
         self.rebuild_shadow_gdt()
         cpu.set_table_register(IDTR, MONITOR_IDT, 0x7FF)
         cpu.set_segment_register(TR, MON_TSS, MONITOR_TSS, 0x67, 0x8B)
-        eflags = cpu.read(EFLAGS)
-        v.iflag = bool(eflags & EFLAGS_IF)
-        self.enter_guest(CpuFrame(cpu.read(EIP), BOOT_CS, eflags, cpu.read(ESP), BOOT_DS), 0,
-                         data=BOOT_DS)
+        self.enter_guest(CpuFrame(cpu.read(EIP), cpu.read(CS), cpu.read(EFLAGS), cpu.read(ESP),
+                                  cpu.read(SS)), 0)
 
     # -- shadow descriptor tables -----------------------------------------------------------
     def guest_descriptor(self, selector: int) -> Descriptor:
-        v = self.vcpu
-        index = selector & 0xFFF8
         if selector & 4:
             raise DeliveryFault(GP, selector & 0xFFFC, "LDT selectors are not supported under trap yet")
-        if index + 7 > v.gdt_limit:
-            raise DeliveryFault(GP, selector & 0xFFFC, f"selector {selector:#x} is beyond the guest GDT limit")
-        return decode_descriptor(struct.unpack("<Q", self.read_linear(v.gdt_base + index, 8))[0])
+        return table_descriptor(self.read_linear, self.vcpu.gdt_base, self.vcpu.gdt_limit, selector)
 
     def rebuild_shadow_gdt(self) -> None:
         """Copy the guest GDT into both shadow views, compressing ring 0 into ring 1."""
@@ -182,7 +175,7 @@ class TrapAndEmulate(Monitor):
     def enter_handler(self, frame: CpuFrame, handler_cpl: int) -> None:
         self.enter_guest(frame, handler_cpl)
 
-    def enter_guest(self, frame: CpuFrame, virtual_cpl: int, data: int | None = None) -> None:
+    def enter_guest(self, frame: CpuFrame, virtual_cpl: int) -> None:
         """Resume the guest at a virtual frame: through the iretd stub, at real ring 1 or 3."""
         cpu, v = self.cpu, self.vcpu
         v.iopl = (frame.eflags & EFLAGS_IOPL) >> 12
@@ -191,7 +184,7 @@ class TrapAndEmulate(Monitor):
         rpl = self._real_rpl(virtual_cpl)
         real_flags = (frame.eflags & ~EFLAGS_IOPL) | EFLAGS_IF
         self._select_gdt_view()
-        data_regs = {r: (data if data is not None else cpu.read(r)) for r in (DS, ES, FS, GS)}
+        data_regs = {r: cpu.read(r) for r in (DS, ES, FS, GS)}
         cpu.enter_ring0(MON_CS, MON_DS)
         for reg, sel in data_regs.items():
             if not cpu.try_write(reg, sel):
