@@ -52,6 +52,13 @@ EFLAGS_IF = 1 << 9
 EFLAGS_IOPL = 3 << 12
 
 
+# Our own handle on the library, with no argtypes: ctypes then skips argument conversion, which
+# makes a register access ~0.25 µs instead of ~0.65 µs through the binding's prototypes.
+_lib = ctypes.CDLL(uclib._name)
+_reg_read, _reg_write = _lib.uc_reg_read, _lib.uc_reg_write
+_reg_read.restype = _reg_write.restype = ctypes.c_int
+
+
 class CpuError(RuntimeError):
     """Unicorn refused something the monitor asked of it: a VMM bug, not a guest's fault."""
 
@@ -129,13 +136,13 @@ class Cpu:
     # -- registers -----------------------------------------------------------------
     def read(self, reg: int) -> int:
         self._value.value = 0
-        if uclib.uc_reg_read(self._handle, reg, self._ref):
+        if _reg_read(self._handle, reg, self._ref):
             raise CpuError(f"reg_read({reg}) failed")
         return self._value.value
 
     def write(self, reg: int, value: int) -> None:
         self._value.value = value & 0xFFFFFFFFFFFFFFFF
-        err = uclib.uc_reg_write(self._handle, reg, self._ref)
+        err = _reg_write(self._handle, reg, self._ref)
         if err:
             raise CpuError(f"reg_write({reg}, {value:#x}) failed (error {err})")
 
@@ -148,7 +155,7 @@ class Cpu:
     def try_write(self, reg: int, value: int) -> bool:
         """Write a register, returning False where the CPU refuses (e.g. a bad segment)."""
         self._value.value = value & 0xFFFFFFFFFFFFFFFF
-        return uclib.uc_reg_write(self._handle, reg, self._ref) == 0
+        return _reg_write(self._handle, reg, self._ref) == 0
 
     def table_register(self, reg: int) -> tuple[int, int]:
         """(base, limit) of GDTR or IDTR."""
