@@ -30,7 +30,10 @@ def load_image_bytes(path: str | Path) -> bytes:
         raise ImageError(f"{path}: is a directory, not a kernel image")
     if path.suffix in (".S", ".s", ".asm"):
         return build_image(path)
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def run_image(image: str | Path | bytes, technique: str = "native", memory_mib: int = DEFAULT_MEMORY_MIB,

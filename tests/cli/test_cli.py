@@ -127,3 +127,11 @@ def test_help_teaches_the_techniques():
     done = hv("run", "--help")
     assert done.returncode == 0
     assert "trap-and-emulate" in done.stdout and "--max-instructions" in done.stdout
+
+
+def test_unreadable_image(tmp_path):
+    import socket
+    path = tmp_path / "k.bin"              # a UNIX socket: it exists, but open() fails, even for root
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        assert_one_line_error(hv("run", path), "cannot read")
