@@ -80,6 +80,7 @@ class VirtualView:
 class TrapAndEmulate(Monitor):
     name = "trap"
     description = "trap-and-emulate: guest kernel in ring 1, privileged instructions trap (#GP) and are emulated"
+    sees_interrupt_flag = True       # cli, sti and iret trap; popf does not, as on real x86
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -36,8 +36,11 @@ from .trace import ExitRecord, Trace
 
 NS_PER_INSTRUCTION = 1
 UNTIL_NEVER = 1 << 40          # an end address EIP never reaches: slices end by count
-POLL_SLICE = 10_000
-SEGMENT_NAMES = ("ds", "es", "fs", "gs", "ss")            # how often to look at IF while an interrupt waits on it
+# While an interrupt waits on an IF the monitor cannot see change (native: sti runs on the
+# CPU), the loop looks again after POLL_FIRST instructions, doubling up to POLL_MAX: quick
+# after a short cli section, cheap during a long one (each look is an emu_start).
+POLL_FIRST, POLL_MAX = 1_000, 1_000_000
+SEGMENT_NAMES = ("ds", "es", "fs", "gs", "ss")
 
 
 @dataclass
@@ -64,6 +67,8 @@ class Monitor:
 
     name = "monitor"
     description = ""
+    # True where every change of the guest's IF reaches the monitor (a trap), so it never polls.
+    sees_interrupt_flag = False
 
     def __init__(self, pc: PC, trace: Trace | None = None, max_instructions: int = 500_000_000):
         self.pc = pc
@@ -77,7 +82,7 @@ class Monitor:
         self.wants_injection = False     # a hook saw an interrupt become deliverable
         self.single_step = False         # run one instruction before injecting (sti shadow)
         self.io_fault_at: int | None = None  # an in/out refused for IOPL, to fault once stopped
-        self._slice_start = 0
+        self._poll_slice = POLL_FIRST
         self._slice_budget = 0
         uc = self.cpu.uc
         uc.hook_add(UC_HOOK_INTR, self._hook_intr)
@@ -143,8 +148,11 @@ class Monitor:
             deadline = pit.next_event_ns()
             if deadline is not None:
                 budget = min(budget, max(1, -(-(deadline - pc.clock.now) // NS_PER_INSTRUCTION)))
-            if self._pic_pending():
-                budget = min(budget, POLL_SLICE)
+            if self._pic_pending() and not self.sees_interrupt_flag:
+                budget = min(budget, self._poll_slice)
+                self._poll_slice = min(2 * self._poll_slice, POLL_MAX)
+            else:
+                self._poll_slice = POLL_FIRST
             if self.single_step:
                 budget = 1
             self._run_slice(budget)
