@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup run test bench qemu clean
+.PHONY: setup run test bench fuzz qemu clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: setup
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# Random instruction streams under native and trap, in worker processes (both cores): no VMM
+# exception, abort, hang or run past its budget. Replay a failure with
+# `$(BIN)/python -m hypervisor.fuzz --replay SEED:INDEX --technique T`.
+FUZZ_COUNT ?= 10000
+FUZZ_SEED ?= 1
+fuzz: $(STAMP)
+	$(BIN)/python -m hypervisor.fuzz --count $(FUZZ_COUNT) --seed $(FUZZ_SEED) --workers 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

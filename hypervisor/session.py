@@ -12,7 +12,7 @@ from .errors import HvError, ImageError
 from .image.assemble import build_image
 from .image.multiboot import parse_kernel
 from .machine.memory import EXTENT_FRAMES, PAGE_SIZE, MachineMemory
-from .machine.pc import PC
+from .domain import Domain
 from .techniques import TECHNIQUES
 from .vmm.monitor import RunResult
 from .vmm.trace import Trace
@@ -22,18 +22,42 @@ DEFAULT_MAX_INSTRUCTIONS = 500_000_000
 
 
 def load_image_bytes(path: str | Path) -> bytes:
-    """The kernel image at ``path``: assembled first if it is a .S guest source."""
+    """The kernel image at ``path``: assembled first if it is a .S guest source.
+
+    The path is the user's: it may name a device that never ends (/dev/zero), a FIFO whose
+    open() blocks until someone writes, or a file far bigger than any kernel. Only regular
+    files are read, and at most MAX_IMAGE_BYTES of them, whatever their size claims.
+    """
+    import stat
+
+    from .image.multiboot import MAX_IMAGE_BYTES
+
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
+    too_big = f"{path}: larger than {MAX_IMAGE_BYTES >> 20} MiB, too big for a kernel image"
+    try:
+        mode, size = (st := path.stat()).st_mode, st.st_size
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
         raise ImageError(f"{path}: is a directory, not a kernel image")
+    if not stat.S_ISREG(mode):
+        kind = ("character device" if stat.S_ISCHR(mode) else "block device" if stat.S_ISBLK(mode)
+                else "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "special file")
+        raise ImageError(f"{path}: cannot read a {kind}; a kernel image is a regular file")
+    if size > MAX_IMAGE_BYTES:
+        raise ImageError(too_big)
     if path.suffix in (".S", ".s", ".asm"):
         return build_image(path)
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_IMAGE_BYTES + 1)     # the file may have grown, or /proc may lie
     except OSError as e:
         raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageError(too_big)
+    return data
 
 
 def run_image(image: str | Path | bytes, technique: str = "native", memory_mib: int = DEFAULT_MEMORY_MIB,
@@ -49,7 +73,10 @@ def run_image(image: str | Path | bytes, technique: str = "native", memory_mib: 
     data = image if isinstance(image, bytes) else load_image_bytes(image)
     ram = memory_mib << 20
     kernel = parse_kernel(data, ram)
-    pc = PC(MachineMemory(ram), ram, on_console=on_console)
-    pc.load_kernel(kernel)
-    monitor = TECHNIQUES[technique](pc, Trace(trace_file, keep=keep_trace), max_instructions)
-    return monitor.run()
+    domain = Domain(MachineMemory(ram), 1, ram, technique, Trace(trace_file, keep=keep_trace),
+                    max_instructions, on_console)
+    domain.load(kernel)
+    try:
+        return domain.run()
+    finally:
+        domain.destroy()

@@ -12,6 +12,21 @@ a.out kludge even for an ELF file, otherwise the file must be ELF32 i386 and is 
 program headers (p_paddr); a video-mode request (bit 2) is ignored. We are stricter than QEMU
 only where QEMU would load garbage or crash: every other malformation is an ImageError with a
 one-line message, and no input makes this module raise anything else.
+
+An image is hostile input, and the loader's work must be bounded by the machine, not by what
+the image claims. Everything is checked before a byte is copied; the places this differs from
+QEMU (include/hw/elf_ops.h, hw/core/loader.c, measured on qemu-system-i386 7.2):
+
+* At most 64 program headers. QEMU takes any e_phnum (it loaded a kernel with 5,001); a kernel
+  has a handful (Linux's vmlinux has 5), and the cap keeps the pairwise checks below cheap.
+* Overlapping PT_LOAD segments are refused, as QEMU refuses overlapping ROM blobs. Before that,
+  QEMU's rule for a segment whose zero-filled tail (filesz..memsz) overlaps another segment is
+  applied: the tail is dropped (memsz becomes filesz). So the segments of an accepted image are
+  disjoint ranges inside RAM above 1 MiB, and the bytes to copy or zero total less than RAM: an
+  image cannot make the loader write 500 x 62 MiB into 64 MiB.
+* A segment beyond RAM is refused; QEMU loads it into nothing.
+* An image larger than 256 MiB is refused (MAX_IMAGE_BYTES); QEMU maps the file whatever its
+  size. Kernels are a few MiB; an unstripped one can be stripped.
 """
 from __future__ import annotations
 
@@ -24,6 +39,11 @@ HEADER_MAGIC = 0x1BADB002
 BOOT_MAGIC = 0x2BADB002  # EAX at entry: "a Multiboot loader started you"
 HEADER_SEARCH_BYTES = 8192
 HEADER_BYTES = 32  # magic, flags, checksum + the five a.out-kludge address fields
+MAX_PROGRAM_HEADERS = 64
+# The most we read of an image file. A kernel's loaded bytes must fit in guest RAM (64 MiB by
+# default, 3 GiB at most), and a loaded kernel is a few MiB; 256 MiB leaves room for symbols and
+# debug sections while bounding what a file (or /dev/zero) can make the host allocate.
+MAX_IMAGE_BYTES = 256 << 20
 
 # Header flags. Bits 0-15 are requirements: a loader that cannot meet one must refuse the kernel.
 FLAG_PAGE_ALIGN = 1 << 0  # align modules: we load none, so it is trivially met
@@ -173,6 +193,65 @@ _EM_386 = 3
 _PT_LOAD = 1
 
 
+@dataclass(frozen=True)
+class _ProgramHeader:
+    index: int
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+
+
+def _load_headers(data: bytes, e_phoff: int, e_phentsize: int, e_phnum: int) -> list[_ProgramHeader]:
+    """The PT_LOAD headers, each checked against the file before anything is loaded."""
+    if e_phnum > MAX_PROGRAM_HEADERS:
+        raise ImageError(f"ELF has {e_phnum} program headers; at most {MAX_PROGRAM_HEADERS} are accepted")
+    if e_phnum and e_phentsize < 32:
+        raise ImageError(f"ELF program header size {e_phentsize} is too small")
+    if e_phoff + e_phnum * e_phentsize > len(data):
+        raise ImageError("ELF program headers run past the end of the file")
+    loads = []
+    for i in range(e_phnum):
+        p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from(
+            "<6I", data, e_phoff + i * e_phentsize
+        )
+        if p_type != _PT_LOAD:
+            continue
+        if p_filesz > p_memsz:
+            raise ImageError(f"ELF segment {i} has filesz > memsz")
+        if p_offset + p_filesz > len(data):
+            raise ImageError(f"ELF segment {i} runs past the end of the file")
+        loads.append(_ProgramHeader(i, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz))
+    return loads
+
+
+def _drop_overlapping_tails(loads: list[_ProgramHeader]) -> list[_ProgramHeader]:
+    """QEMU's rule (elf_ops.h): a zero-filled tail that overlaps another segment is not loaded.
+
+    Some images put data meant to be copied at run time in memsz; QEMU honours memsz only when
+    the zeroed part overlaps no other PT_LOAD segment (compared at their full memsz).
+    """
+    out = []
+    for ph in loads:
+        memsz = ph.memsz
+        if memsz > ph.filesz:
+            zero_start, zero_end = ph.paddr + ph.filesz, ph.paddr + ph.memsz
+            if any(other is not ph and not (other.paddr >= zero_end or zero_start >= other.paddr + other.memsz)
+                   for other in loads):
+                memsz = ph.filesz
+        out.append(_ProgramHeader(ph.index, ph.offset, ph.vaddr, ph.paddr, ph.filesz, memsz))
+    return out
+
+
+def _check_disjoint(loads: list[_ProgramHeader]) -> None:
+    ordered = sorted(loads, key=lambda ph: ph.paddr)
+    for low, high in zip(ordered, ordered[1:]):
+        if high.paddr < low.paddr + low.memsz:
+            first, second = sorted((low.index, high.index))
+            raise ImageError(f"ELF segments {first} and {second} overlap in physical memory")
+
+
 def _parse_elf(data: bytes, ram_bytes: int) -> KernelImage:
     if len(data) < 52:
         raise ImageError("truncated ELF header")
@@ -188,38 +267,31 @@ def _parse_elf(data: bytes, ram_bytes: int) -> KernelImage:
     (e_entry,) = struct.unpack_from("<I", data, 24)
     (e_phoff,) = struct.unpack_from("<I", data, 28)
     e_phentsize, e_phnum = struct.unpack_from("<HH", data, 42)
-    if e_phnum and e_phentsize < 32:
-        raise ImageError(f"ELF program header size {e_phentsize} is too small")
-    if e_phoff + e_phnum * e_phentsize > len(data):
-        raise ImageError("ELF program headers run past the end of the file")
-    segments: list[LoadSegment] = []
-    entry = None
-    for i in range(e_phnum):
-        p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from(
-            "<6I", data, e_phoff + i * e_phentsize
-        )
-        if p_type != _PT_LOAD or p_memsz == 0:
-            continue
-        if p_filesz > p_memsz:
-            raise ImageError(f"ELF segment {i} has filesz > memsz")
-        if p_offset + p_filesz > len(data):
-            raise ImageError(f"ELF segment {i} runs past the end of the file")
-        _check_in_ram(p_paddr, p_paddr + p_memsz, ram_bytes, f"ELF segment {i}")
-        segments.append(LoadSegment(p_paddr, bytes(data[p_offset : p_offset + p_filesz]), p_memsz))
-        # A kernel linked high gives a virtual e_entry: translate it through its segment.
-        if p_paddr <= e_entry < p_paddr + p_memsz:
-            entry = e_entry
-        elif entry is None and p_vaddr <= e_entry < p_vaddr + p_memsz:
-            entry = e_entry - p_vaddr + p_paddr
-    if not segments:
+    loads = _drop_overlapping_tails(_load_headers(data, e_phoff, e_phentsize, e_phnum))
+    loads = [ph for ph in loads if ph.memsz]
+    if not loads:
         raise ImageError("ELF has no loadable segment")
+    for ph in loads:
+        _check_in_ram(ph.paddr, ph.paddr + ph.memsz, ram_bytes, f"ELF segment {ph.index}")
+    _check_disjoint(loads)  # so, with the check above, they total less than RAM
+    entry = None
+    for ph in loads:
+        # A kernel linked high gives a virtual e_entry: translate it through its segment.
+        if ph.paddr <= e_entry < ph.paddr + ph.memsz:
+            entry = e_entry
+        elif entry is None and ph.vaddr <= e_entry < ph.vaddr + ph.memsz:
+            entry = e_entry - ph.vaddr + ph.paddr
     if entry is None:
         raise ImageError(f"ELF entry point {e_entry:#x} is outside every loadable segment")
-    return KernelImage(entry, tuple(segments), "elf32")
+    segments = tuple(LoadSegment(ph.paddr, bytes(data[ph.offset : ph.offset + ph.filesz]), ph.memsz)
+                     for ph in loads)
+    return KernelImage(entry, segments, "elf32")
 
 
 def parse_kernel(data: bytes, ram_bytes: int) -> KernelImage:
     """Decide where a Multiboot kernel's bytes go and where it starts, as QEMU's -kernel does."""
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageError(f"image is {len(data)} bytes; at most {MAX_IMAGE_BYTES >> 20} MiB is accepted")
     data = bytes(data)
     header = find_header(data)
     _check_flags(header.flags)

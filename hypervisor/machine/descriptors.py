@@ -98,5 +98,13 @@ def encode_segment(base: int, limit: int, access: int, flags: int = 0xC) -> int:
 
 
 def unicorn_flags(d: Descriptor) -> int:
-    """The access/flags word Unicorn's segment-register tuples take (QEMU's flags >> 8)."""
-    return (d.raw >> 40) & 0xF0FF
+    """The flags word of Unicorn's TR/LDTR tuples: what QEMU's own ``ltr``/``lldt`` cache.
+
+    That is the descriptor's high dword masked with 0x00F0FF00 (P is bit 15, the type bits
+    8-11), not shifted; and a TSS is cached *available*: QEMU aborts the process (SIGABRT)
+    when a stack switch finds TR not present or busy. tests/machine/test_cpu.py pins both.
+    """
+    flags = (d.raw >> 32) & 0x00F0FF00
+    if d.system and d.type & 0x5 == 0x1:      # a TSS (types 1, 3, 9, 0xB): drop the busy bit
+        flags &= ~(0x2 << 8)
+    return flags

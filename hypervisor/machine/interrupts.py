@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .descriptors import (TSS_ESP0, TSS_SS0, TASK_GATE, Descriptor, Gate, decode_descriptor,
+from .faults import GuestFault
+from .descriptors import (CALL_GATE32, TSS_ESP0, TSS_SS0, TASK_GATE, Descriptor, Gate, decode_descriptor,
                           decode_gate)
 
 DE, DB, NMI, BP, OF, BR, UD, NM, DF = 0, 1, 2, 3, 4, 5, 6, 7, 8
@@ -48,9 +49,9 @@ class EventKind(enum.Enum):
 
 
 class DeliveryFault(Exception):
-    def __init__(self, vector: int, error_code: int, why: str):
+    def __init__(self, vector: int, error_code: int, why: str, cr2: int | None = None):
         super().__init__(why)
-        self.vector, self.error_code, self.why = vector, error_code, why
+        self.vector, self.error_code, self.why, self.cr2 = vector, error_code, why, cr2
 
 
 class TripleFault(Exception):
@@ -74,6 +75,7 @@ class Delivered:
     handler_cpl: int
     stack_switched: bool
     error_code: int | None
+    cr2: int | None = None   # a #PF raised while delivering: the address for CR2
 
 
 class DeliveryView(Protocol):
@@ -113,7 +115,20 @@ def _gate(view: DeliveryView, vector: int, ext: int) -> Gate:
 
 def deliver(view: DeliveryView, vector: int, kind: EventKind, error_code: int | None,
             at: CpuFrame) -> Delivered:
-    """Deliver one event through the view's IDT; ``at`` is the state to save (return EIP included)."""
+    """Deliver one event through the view's IDT; ``at`` is the state to save (return EIP included).
+
+    A page fault while reading the tables or pushing the frame is a fault during
+    delivery, like any other: the caller escalates it.
+    """
+    try:
+        return _deliver(view, vector, kind, error_code, at)
+    except GuestFault as f:
+        raise DeliveryFault(f.vector, f.error_code or 0, f.why or f"fault {f.vector} during delivery",
+                            cr2=f.cr2) from None
+
+
+def _deliver(view: DeliveryView, vector: int, kind: EventKind, error_code: int | None,
+             at: CpuFrame) -> Delivered:
     ext = 1 if kind is EventKind.EXTERNAL else 0
     gate = _gate(view, vector, ext)
     if kind is EventKind.SOFTWARE and gate.dpl < view.cpl:
@@ -184,7 +199,8 @@ def deliver_with_escalation(view: DeliveryView, vector: int, kind: EventKind,
         if fault_eip is not None:
             at = CpuFrame(fault_eip, at.cs, at.eflags, at.esp, at.ss)
         try:
-            return deliver(view, next_vector, EventKind.EXCEPTION, next_error, at), notes
+            delivered = deliver(view, next_vector, EventKind.EXCEPTION, next_error, at)
+            return (replace(delivered, cr2=first.cr2) if next_vector == PF else delivered), notes
         except DeliveryFault as second:
             notes.append(f"delivering vector {next_vector} faulted: {second.why}")
             if next_vector == DF:
@@ -193,3 +209,58 @@ def deliver_with_escalation(view: DeliveryView, vector: int, kind: EventKind,
                 return deliver(view, DF, EventKind.EXCEPTION, 0, at), notes
             except DeliveryFault as third:
                 raise TripleFault(f"triple fault: {third.why}") from None
+
+
+def through_call_gate(view: DeliveryView, gate_selector: int, at: CpuFrame, call: bool) -> Delivered:
+    """A far call or jmp through a 32-bit call gate (SDM Vol. 3, 5.8.4-5.8.6), as QEMU does it.
+
+    Checks the gate (DPL >= CPL and >= RPL, present), then its code segment (DPL <= CPL,
+    present); a call to a more privileged non-conforming segment switches to the TSS's
+    stack for that ring and copies the gate's parameter count of dwords across. Raises
+    ``DeliveryFault`` with the error code the CPU would push.
+    """
+    sel = gate_selector & 0xFFFC
+    gate_desc = view.descriptor(gate_selector)
+    gate = decode_gate(gate_desc.raw)
+    if gate.type != CALL_GATE32:
+        raise DeliveryFault(GP, sel, f"selector {gate_selector:#x} is not a 32-bit call gate")
+    if gate.dpl < view.cpl or gate.dpl < gate_selector & 3:
+        raise DeliveryFault(GP, sel, f"call gate {gate_selector:#x} has DPL {gate.dpl} below CPL {view.cpl}")
+    if not gate.present:
+        raise DeliveryFault(NP, sel, f"call gate {gate_selector:#x} is not present")
+    target = gate.selector
+    if target & 0xFFFC == 0:
+        raise DeliveryFault(GP, 0, f"call gate {gate_selector:#x} has a null code selector")
+    code = view.descriptor(target)
+    if not code.is_code or code.dpl > view.cpl or (not call and not code.is_conforming and code.dpl != view.cpl):
+        raise DeliveryFault(GP, target & 0xFFFC, f"call gate {gate_selector:#x} targets {target:#x}, not a usable code segment")
+    if not code.present:
+        raise DeliveryFault(NP, target & 0xFFFC, f"code segment {target:#x} is not present")
+    new_cpl = view.cpl if code.is_conforming else code.dpl
+    switched = call and new_cpl < view.cpl
+    params = (gate_desc.raw >> 32) & 0x1F
+    if switched:
+        tss = view.tss_base()
+        esp = struct.unpack("<I", view.read_linear(tss + TSS_ESP0 + 8 * new_cpl, 4))[0]
+        ss = struct.unpack("<H", view.read_linear(tss + TSS_SS0 + 8 * new_cpl, 2))[0]
+        if ss & 0xFFFC == 0:
+            raise DeliveryFault(TS, 0, f"TSS SS{new_cpl} is null")
+        ss_desc = view.descriptor(ss)
+        if not ss_desc.is_writable_data or ss_desc.dpl != new_cpl or ss & 3 != new_cpl:
+            raise DeliveryFault(TS, ss & 0xFFFC, f"TSS SS{new_cpl} {ss:#x} is not a ring-{new_cpl} stack")
+        old_ss = view.descriptor(at.ss) if at.ss & 0xFFFC else None
+        old_base = old_ss.base if old_ss is not None else 0
+        copied = [struct.unpack("<I", view.read_linear(old_base + at.esp + 4 * i, 4))[0]
+                  for i in range(params)]
+        words = [at.ss, at.esp] + list(reversed(copied)) + [at.cs, at.eip]
+    else:
+        esp, ss = at.esp, at.ss
+        ss_desc = view.descriptor(ss)
+        words = [at.cs, at.eip] if call else []
+    new_esp = (esp - 4 * len(words)) & 0xFFFFFFFF
+    if words:
+        view.write_linear(ss_desc.base + new_esp,
+                          struct.pack(f"<{len(words)}I", *reversed([w & 0xFFFFFFFF for w in words])))
+    new_ss = ((ss & 0xFFFC) | new_cpl) if switched else ss
+    frame = CpuFrame(gate.offset, (target & 0xFFFC) | new_cpl, at.eflags, new_esp, new_ss)
+    return Delivered(frame, gate, new_cpl, switched, None)

@@ -8,15 +8,17 @@ CPU with a monitor.
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import struct
 from dataclasses import dataclass, field
 
-from unicorn import UC_PROT_ALL
+from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ
 
 from ..image.multiboot import BOOT_MAGIC, MULTIBOOT_INFO_ADDR, KernelImage, multiboot_info
 from .clock import VirtualClock
-from .cpu import CR0, CS, DS, EAX, EBX, EFLAGS, EIP, ES, ESP, FS, GDTR, GS, SS, Cpu
-from .descriptors import encode_segment
+from .cpu import CR0, CS, DS, EAX, EBX, EFLAGS, EIP, ES, ESP, FS, GDTR, GS, SS, TR, Cpu
+from .descriptors import decode_descriptor, encode_segment, unicorn_flags
 from .devices import standard_pc_devices
 from .devices.bus import PortBus
 from .memory import GuestMemory, MachineMemory
@@ -39,9 +41,9 @@ class GuestOutcome:
 class PC:
     """One guest's bare machine."""
 
-    def __init__(self, machine_memory: MachineMemory, ram_bytes: int, on_console=None):
+    def __init__(self, machine_memory: MachineMemory, ram_bytes: int, on_console=None, owner: int = 0):
         self.cpu = Cpu()
-        self.memory = GuestMemory(machine_memory, ram_bytes)
+        self.memory = GuestMemory(machine_memory, ram_bytes, owner=owner)
         self.memory.map_into(self.cpu.uc, UC_PROT_ALL)
         self.clock = VirtualClock()
         self.bus = PortBus()
@@ -55,6 +57,12 @@ class PC:
                 on_console(byte)
         self.devices = standard_pc_devices(self.bus, self.clock, tx=tx, on_exit=self._debug_exit)
         self.stop_requested: str | None = None
+        # Write protection of guest frames (a monitor's shadow of a guest table follows it),
+        # and of the monitor's own memory, which no guest write may change.
+        self.on_write_protected = None
+        self.on_monitor_write = None
+        self._write_hook = None
+        self._monitor_regions: list[tuple[int, int, mmap.mmap]] = []
 
     # -- events the devices raise -------------------------------------------------------
     def _debug_exit(self, value: int) -> None:
@@ -67,6 +75,52 @@ class PC:
             self.outcome.halted_reason = reason
         self.stop_requested = reason
         self.cpu.uc.emu_stop()
+
+    # -- write protection -----------------------------------------------------------
+    def protect_frames(self, pfns, on: bool) -> None:
+        """Write-protect (or release) guest frames: the CPU's writes to them reach
+        ``on_write_protected(address, size)`` after they land, with the instruction's every
+        other effect intact (Unicorn runs it whole and leaves the store to the hook)."""
+        machine = self.memory.machine
+        for pfn in pfns:
+            mfn = self.memory.p2m[pfn]
+            machine.set_write_protected(mfn, on)
+            self.cpu.uc.mem_protect(pfn << 12, 0x1000, UC_PROT_READ | UC_PROT_EXEC if on else UC_PROT_ALL)
+        if on and pfns:
+            self._install_write_hook()
+
+    def map_monitor(self, base: int, size: int) -> memoryview:
+        """Map ``size`` bytes of monitor memory at ``base``, outside guest RAM: the CPU may
+        read and execute it (descriptor tables, a stub), no guest write lands in it — a
+        write there is dropped, as the bare machine drops writes to unassigned addresses.
+        The monitor writes it through the returned view."""
+        buffer = mmap.mmap(-1, size)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+        # Mapped writable, then protected: Unicorn 2.1.4 performs a hooked store anyway when
+        # the protection was given to mem_map_ptr, and drops it when given by mem_protect.
+        self.cpu.uc.mem_map_ptr(base, size, UC_PROT_ALL, address)
+        self.cpu.uc.mem_protect(base, size, UC_PROT_READ | UC_PROT_EXEC)
+        self._monitor_regions.append((base, size, buffer))
+        self._install_write_hook()
+        return memoryview(buffer)
+
+    def _install_write_hook(self) -> None:
+        if self._write_hook is None:
+            self._write_hook = self.cpu.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._hook_write_protected)
+
+    def _hook_write_protected(self, uc, access, address, size, value, _) -> bool:
+        # Returning True tells Unicorn the store is handled: the instruction completes with
+        # every other effect (flags, ESP, a rep count), and the bytes are what we write here.
+        if not self.memory.contains(address, size):
+            if any(base <= address < base + length for base, length, _ in self._monitor_regions):
+                if self.on_monitor_write is not None:
+                    self.on_monitor_write(address, size)
+                return True
+            return False
+        self.memory.write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        if self.on_write_protected is not None:
+            self.on_write_protected(address, size)
+        return True
 
     # -- boot ---------------------------------------------------------------------------
     def bios_handoff(self) -> None:
@@ -92,6 +146,12 @@ class PC:
         self.bios_handoff()
         cpu = self.cpu
         cpu.set_table_register(GDTR, BOOT_GDT_ADDR, len(BOOT_GDT) * 8 - 1)
+        # TR as a CPU leaves reset: a present 32-bit TSS at 0, limit 0xFFFF (QEMU's x86_cpu_reset,
+        # which caches it busy; cached busy, Unicorn aborts the process on a stack switch, so
+        # available). A guest that never runs ltr and takes a call gate inward reads its stack
+        # from low memory and gets the #TS the bare machine gives, not a dead VMM.
+        cpu.set_segment_register(TR, 0, 0, 0xFFFF, unicorn_flags(decode_descriptor(
+            encode_segment(0, 0xFFFF, 0x89, 0x0))))
         cpu.write(CR0, 0x11)                     # PE | ET, paging off
         cpu.write(CS, BOOT_CS)
         for seg_reg in (SS, DS, ES, FS, GS):

@@ -6,16 +6,34 @@ on virtual state. Here the kernel runs in ring 1 ("ring compression"), guest use
 in ring 3, and the monitor keeps the kernel's IF, control registers, GDTR/IDTR/LDTR/TR
 and CPL in a ``VirtualCpu``.
 
-What the monitor arranges:
+What the monitor arranges, and why each piece is needed for the deprivileging to hold:
 
-* **Shadow GDT.** The real GDTR points at the monitor's copy of the guest GDT in which
-  every DPL-0 segment has become DPL 1, so the kernel's own selectors still work in
-  ring 1. There are two views: in the kernel's, the guest's ring-3 *code* segments are
-  marked not present, so the kernel's ``iret`` to user mode faults (#NP) and the
-  monitor sees the IF and IOPL it pops; in the user's view they are present.
+* **Shadow GDT.** The real GDTR points at the monitor's copy of the guest GDT. Every
+  entry is checked on the way in:
+  - code and data segments keep their type; DPL 0 becomes DPL 1 (guest ring 1 shares
+    real ring 1 with the kernel; rings 2 and 3 stay where they are);
+  - the accessed bit is set in advance, so the CPU itself never writes the shadow;
+  - system descriptors — TSSs, LDTs, call and task gates — are never copied: a far
+    transfer through one would reach real ring 0. They appear not present, and the
+    monitor handles the fault;
+  - entries past the guest's limit are null, and the monitor's own three descriptors sit
+    at the top, above any selector the guest's table can name.
+  There are two views. In the kernel's (virtual CPL 0) every non-conforming code segment
+  of a less privileged ring is not present, so each ``iret``/``retf`` out of the kernel
+  faults and the monitor sees the ring, IF and IOPL it pops; in the view for rings 1-3
+  the kernel's code is not present, so no jump reaches it without the monitor.
+* **The guest's GDT is write-protected** in the frame table: a write to it traps and
+  the shadow follows the edit, so a stale shadow is never loaded by the CPU.
+* **The monitor's memory is read-only to every guest ring.** VMware's monitor and 32-bit
+  Xen truncated the guest's segments below themselves; QEMU's CPU (and so Unicorn) does
+  not check data-segment limits, so here the monitor's pages are mapped read/execute
+  only and a guest write to them is dropped — what the bare machine does with a write to
+  an unassigned address. The CPU only reads them: the shadow GDT on a segment load, and
+  the ``iretd`` stub with its frame at ring 0. A guest *can read* them (the shadow GDT,
+  its own descriptors at other DPLs): a leak of nothing the guest did not write itself.
 * **Reflection.** Faults, ``int n`` and PIC interrupts are delivered through the
-  guest's own IDT with the frame the guest expects (its ring-0 selectors, its virtual
-  IF), using the machine's one delivery routine on a *virtual* view of the CPU.
+  guest's own IDT with the frame the guest expects (its selectors, its virtual IF),
+  using the machine's one delivery routine on a *virtual* view of the CPU.
 * **Entering the guest** at any ring goes through a one-instruction monitor stub: the
   CPU is dropped to ring 0 (see ``Cpu.enter_ring0``) and ``iretd`` to the target.
 
@@ -28,24 +46,25 @@ from __future__ import annotations
 
 import struct
 
-from unicorn import UC_PROT_ALL
 
 from ..errors import UnsupportedGuest
-from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, DS, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ES, ESP, FS, GDTR, GS,
-                           IDTR, SS, TR)
-from ..machine.descriptors import (TSS32_AVAILABLE, Descriptor, decode_descriptor,
-                                   encode_segment, with_dpl, with_present)
-from ..machine.interrupts import GP, NP, CpuFrame, DeliveryFault, table_descriptor
-from ..vmm.emulate import EMULATORS, Unemulated
-from ..vmm.exits import ExitReason
+from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, DS, ECX, EDX, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ES, ESP, FS,
+                           GDTR, GPR_BY_NAME, GS, IDTR, SS, TR, WIDE_NAME)
+from ..machine.descriptors import (CALL_GATE32, TSS32_AVAILABLE, TSS32_BUSY, Descriptor, decode_descriptor, encode_segment,
+                                   unicorn_flags, with_dpl, with_present)
+from ..machine.faults import BusError, GuestFault
+from ..machine.interrupts import (GP, NP, SS_FAULT, CpuFrame, DeliveryFault, table_descriptor,
+                                  through_call_gate)
+from ..vmm.decode import Instruction
+from ..vmm.emulate import EMULATORS, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, TRANSFERS, Unemulated
+from ..vmm.exits import Exit, ExitReason
 from ..vmm.monitor import Monitor
 from ..vmm.vcpu import VirtualCpu
 
-# The monitor's own memory, outside guest RAM (not yet protected from the guest:
-# segment truncation and shadow paging come with the shadow-page-table issue).
+# The monitor's own memory, outside guest RAM and above every truncated guest segment.
 MONITOR_BASE = 0xFFC00000
 KERNEL_GDT = MONITOR_BASE              # shadow GDT, kernel view (64 KiB: 8192 entries)
-USER_GDT = MONITOR_BASE + 0x10000      # shadow GDT, user view
+USER_GDT = MONITOR_BASE + 0x10000      # shadow GDT, view for rings 1-3
 MONITOR_IDT = MONITOR_BASE + 0x20000   # what the real IDTR shows (never used: Unicorn never delivers)
 MONITOR_TSS = MONITOR_BASE + 0x21000
 IRET_STUB = MONITOR_BASE + 0x22000     # a single iretd
@@ -54,6 +73,26 @@ MONITOR_SIZE = 0x24000
 # Monitor selectors at the top of the shadow GDT, above any guest entry.
 MON_CS, MON_DS, MON_TSS = 0xFFE8, 0xFFF0, 0xFFF8
 GDT_LIMIT = 0xFFFF
+GUEST_ENTRIES = MON_CS // 8
+# The real ring each guest ring runs in: the kernel is compressed into ring 1.
+REAL_RING = (1, 1, 2, 3)
+ACCESSED = 1 << 40       # set in every shadow descriptor, so the CPU never writes the shadow
+
+
+def shadow_descriptor(raw: int, kernel_view: bool) -> int:
+    """The descriptor the real CPU may see for a guest descriptor (pure, for tests).
+
+    Never one that reaches real ring 0: see the module header.
+    """
+    d = decode_descriptor(raw)
+    if d.system:
+        return with_present(raw, False)          # TSS, LDT, gates: the monitor handles them
+    raw = with_dpl(raw, REAL_RING[d.dpl]) | ACCESSED
+    if not d.present:
+        return raw
+    if d.is_code and not d.is_conforming and (d.dpl > 0) == kernel_view:
+        raw = with_present(raw, False)           # a ring change the monitor must see
+    return raw
 
 
 class VirtualView:
@@ -68,7 +107,7 @@ class VirtualView:
         return self.m.read_linear(address, length)
 
     def write_linear(self, address, data):
-        self.m.pc.memory.write(address & 0xFFFFFFFF, data)
+        self.m.write_linear(address, data)
 
     def descriptor(self, selector: int) -> Descriptor:
         return self.m.guest_descriptor(selector)
@@ -85,9 +124,14 @@ class TrapAndEmulate(Monitor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.vcpu = VirtualCpu()
-        self.cpu.uc.mem_map(MONITOR_BASE, MONITOR_SIZE, UC_PROT_ALL)
-        self.cpu.uc.mem_write(IRET_STUB, b"\xcf")
-        self.cpu.uc.mem_write(MONITOR_TSS, bytes(104))
+        self._gdt_frames: set[int] = set()
+        self._shadow_entries = 0
+        self.monitor_memory = self.pc.map_monitor(MONITOR_BASE, MONITOR_SIZE)
+        self._monitor_write(IRET_STUB, b"\xcf")
+        self.pc.on_monitor_write = self._guest_wrote_monitor
+        self.handlers[ExitReason.SYSTEM_CALL] = self.handle_system_call
+        self.handlers[ExitReason.TABLE_WRITE] = self.handle_table_write
+        self.pc.on_write_protected = self._guest_wrote_protected
 
     # -- boot ----------------------------------------------------------------------------
     def boot(self) -> None:
@@ -98,7 +142,8 @@ class TrapAndEmulate(Monitor):
         v.cr0, v.cr2, v.cr3, v.cr4 = (cpu.read(r) for r in (CR0, CR2, CR3, CR4))
         self.rebuild_shadow_gdt()
         cpu.set_table_register(IDTR, MONITOR_IDT, 0x7FF)
-        cpu.set_segment_register(TR, MON_TSS, MONITOR_TSS, 0x67, 0x8B)
+        cpu.set_segment_register(TR, MON_TSS, MONITOR_TSS, 0x67, unicorn_flags(decode_descriptor(
+            encode_segment(MONITOR_TSS, 0x67, 0x8B, 0x0))))
         self.enter_guest(CpuFrame(cpu.read(EIP), cpu.read(CS), cpu.read(EFLAGS), cpu.read(ESP),
                                   cpu.read(SS)), 0)
 
@@ -109,59 +154,160 @@ class TrapAndEmulate(Monitor):
         return table_descriptor(self.read_linear, self.vcpu.gdt_base, self.vcpu.gdt_limit, selector)
 
     def rebuild_shadow_gdt(self) -> None:
-        """Copy the guest GDT into both shadow views, compressing ring 0 into ring 1."""
+        """Copy the guest GDT into both shadow views, checking every entry (see the header)."""
         v = self.vcpu
-        count = min((v.gdt_limit + 1) // 8, MON_CS // 8)
-        raw = self.read_linear(v.gdt_base, count * 8) if count else b""
-        kernel, user = [], []
-        for (entry,) in struct.iter_unpack("<Q", raw):
-            d = decode_descriptor(entry)
-            if not d.system and d.dpl == 0:
-                entry = with_dpl(entry, 1)
-            user.append(entry)
-            kernel.append(with_present(entry, False) if d.is_code and d.dpl == 3 else entry)
-        monitor = [encode_segment(0, 0xFFFFF, 0x9A), encode_segment(0, 0xFFFFF, 0x92),
-                   encode_segment(MONITOR_TSS, 0x67, 0x8B, 0x0)]
-        for base, entries in ((KERNEL_GDT, kernel), (USER_GDT, user)):
-            self.cpu.uc.mem_write(base, struct.pack(f"<{len(entries)}Q", *entries))
-            self.cpu.uc.mem_write(base + MON_CS, struct.pack("<3Q", *monitor))
+        count = min((v.gdt_limit + 1) // 8, GUEST_ENTRIES)
+        try:
+            raw = self.read_linear(v.gdt_base, count * 8) if count else b""
+        except (GuestFault, BusError):
+            raw = b""                 # a GDT outside RAM: every selector load faults, as it would
+        entries = [e for (e,) in struct.iter_unpack("<Q", raw)]
+        stale = max(0, self._shadow_entries - len(entries))
+        monitor = struct.pack("<3Q", encode_segment(0, 0xFFFFF, 0x9B), encode_segment(0, 0xFFFFF, 0x93),
+                              encode_segment(MONITOR_TSS, 0x67, 0x8B, 0x0))
+        for base, kernel in ((KERNEL_GDT, True), (USER_GDT, False)):
+            table = struct.pack(f"<{len(entries)}Q", *(shadow_descriptor(e, kernel) for e in entries))
+            self._monitor_write(base, table + bytes(8 * stale))
+            self._monitor_write(base + MON_CS, monitor)
+        self._shadow_entries = len(entries)
+        self._protect_gdt(count)
         self._select_gdt_view()
+
+    def _protect_gdt(self, count: int) -> None:
+        """Write-protect the frames of the guest's GDT, so every edit reaches the shadow."""
+        v = self.vcpu
+        frames = set()
+        if count:
+            first, last = v.gdt_base >> 12, (v.gdt_base + count * 8 - 1) >> 12
+            frames = {f for f in range(first, last + 1) if self.pc.memory.contains(f << 12)}
+        self.pc.protect_frames(frames - self._gdt_frames, True)
+        self.pc.protect_frames(self._gdt_frames - frames, False)
+        self._gdt_frames = frames
+
+    def _gdt_written(self, address: int, size: int) -> bool:
+        """Memory changed at ``address``: if it was the GDT, resync the shadow."""
+        v = self.vcpu
+        if address + size > v.gdt_base and address <= v.gdt_base + v.gdt_limit:
+            self.rebuild_shadow_gdt()
+            return True
+        return False
+
+    def _monitor_write(self, address: int, data: bytes) -> None:
+        offset = address - MONITOR_BASE
+        self.monitor_memory[offset:offset + len(data)] = data
+
+    def _guest_wrote_monitor(self, address: int, size: int) -> None:
+        self.record(ExitReason.TABLE_WRITE, self.cpu.read(EIP), "drop",
+                    f"the guest wrote the monitor's memory at {address:#010x}; the write is dropped, as a "
+                    f"write to an unassigned address is on the bare machine")
+
+    def _guest_wrote_protected(self, address: int, size: int) -> None:
+        self._dispatch_in_hook(Exit(ExitReason.TABLE_WRITE, self.cpu.read(EIP), address=address, length=size))
+
+    def handle_table_write(self, exit: Exit) -> None:
+        """The CPU wrote a write-protected frame (the write has landed): the shadow follows."""
+        if self._gdt_written(exit.address, exit.length):
+            self.record(ExitReason.TABLE_WRITE, exit.eip, "gdt-write",
+                        "the guest wrote its GDT, which the monitor write-protects; the shadow GDT follows")
 
     def _select_gdt_view(self) -> None:
         self.cpu.set_table_register(GDTR, KERNEL_GDT if self.vcpu.cpl == 0 else USER_GDT, GDT_LIMIT)
 
     def load_task_register(self, selector: int) -> None:
-        d = self.guest_descriptor(selector)
-        if not d.system or d.type != TSS32_AVAILABLE or not d.present:
-            raise Unemulated(f"ltr {selector:#x}: not an available 32-bit TSS")
+        if selector & 0xFFFC == 0:
+            raise GuestFault(GP, 0, why="ltr with a null selector")
+        d = self._system_descriptor(selector)
+        if not d.system or d.type != TSS32_AVAILABLE:
+            raise GuestFault(GP, selector & 0xFFFC, why=f"ltr {selector:#x}: not an available 32-bit TSS")
+        if not d.present:
+            raise GuestFault(NP, selector & 0xFFFC, why=f"ltr {selector:#x}: TSS not present")
         # The CPU marks the TSS busy in the guest's GDT, as ltr does.
         addr = self.vcpu.gdt_base + (selector & 0xFFF8)
-        self.pc.memory.write(addr + 5, bytes([self.read_linear(addr + 5, 1)[0] | 0x2]))
-        self.vcpu.tr, self.vcpu.tr_base = selector, d.base
+        self.write_linear(addr + 5, bytes([self.read_linear(addr + 5, 1)[0] | 0x2]))
+        self.vcpu.tr, self.vcpu.tr_base, self.vcpu.tr_limit = selector, d.base, d.limit
         self.rebuild_shadow_gdt()
 
+    def gdt_descriptor(self, selector: int) -> Descriptor:
+        return self._system_descriptor(selector)
+
+    def _system_descriptor(self, selector: int) -> Descriptor:
+        """A GDT descriptor the guest names, with the CPU's limit and LDT checks."""
+        if selector & 4:
+            raise GuestFault(GP, selector & 0xFFFC, why="an LDT selector where the GDT is required")
+        try:
+            return table_descriptor(self.read_linear, self.vcpu.gdt_base, self.vcpu.gdt_limit, selector)
+        except DeliveryFault as e:
+            raise GuestFault(e.vector, e.error_code, why=e.why) from None
+
     def load_stack_segment(self, selector: int) -> None:
-        d = self.guest_descriptor(selector)
-        if selector & 3 != self.vcpu.cpl or d.dpl != self.vcpu.cpl or not d.is_writable_data:
-            raise Unemulated(f"mov ss, {selector:#x}")
-        self.cpu.write(SS, selector | self._real_rpl(self.vcpu.cpl))
+        cpl = self.vcpu.cpl
+        if selector & 0xFFFC == 0:
+            raise GuestFault(GP, 0, why="mov ss with a null selector")
+        if selector & 4:
+            raise GuestFault(GP, selector & 0xFFFC, why="LDT selectors are not supported under trap yet")
+        d = self._system_descriptor(selector)
+        if selector & 3 != cpl or d.dpl != cpl or not d.is_writable_data:
+            raise GuestFault(GP, selector & 0xFFFC, why=f"mov ss, {selector:#x} at CPL {cpl}")
+        if not d.present:
+            raise GuestFault(SS_FAULT, selector & 0xFFFC, why=f"mov ss, {selector:#x}: not present")
+        if not self.cpu.try_write(SS, (selector & ~3) | REAL_RING[cpl]):
+            raise GuestFault(GP, selector & 0xFFFC, why=f"mov ss, {selector:#x}: refused by the shadow")
+        self.vcpu.shadow_from = self.instructions_now()
 
     # -- virtual <-> real -------------------------------------------------------------------
-    @staticmethod
-    def _real_rpl(virtual_cpl: int) -> int:
-        return 1 if virtual_cpl == 0 else virtual_cpl
-
     def _virtual_selector(self, real: int) -> int:
-        return (real & ~3) | (0 if real & 3 == 1 else real & 3)
+        """A real selector as the guest loaded it: ring 1 shows as the virtual ring."""
+        rpl = real & 3
+        if rpl == 1:
+            rpl = self.vcpu.cpl if self.vcpu.cpl <= 1 else 1
+        return (real & ~3) | rpl
+
+    def sync_cpl(self) -> None:
+        """Rings 2 and 3 are real; a change among them happens without the monitor."""
+        real = self.cpu.read(CS) & 3
+        if real >= 2:
+            self.vcpu.cpl = real
 
     def interrupts_enabled(self) -> bool:
         return self.vcpu.iflag
 
+    def interrupt_shadow(self) -> bool:
+        v = self.vcpu
+        if v.shadow_from is None:
+            return self.cpu.interrupt_shadow()    # a mov ss the CPU ran itself, at ring 1 or 3
+        if self.instructions_now() > v.shadow_from:
+            v.shadow_from = None
+            return False
+        return True
+
+    def interrupt_flag_set(self) -> None:
+        # sti's shadow: the interrupt is taken after the *next* instruction, so that
+        # `sti; hlt` wakes from the hlt rather than before it.
+        self.vcpu.shadow_from = self.instructions_now()
+        if self._pic_pending():
+            self.stop_slice(Exit(ExitReason.INTERRUPT_WINDOW, self.cpu.read(EIP)))
+
     def io_permitted(self) -> bool:
+        self.sync_cpl()
         return self.vcpu.cpl <= self.vcpu.iopl
 
     def read_linear(self, address: int, length: int) -> bytes:
         return self.pc.memory.read(address & 0xFFFFFFFF, length)
+
+    def write_linear(self, address: int, data: bytes) -> None:
+        self.pc.memory.write(address & 0xFFFFFFFF, data)
+        self._gdt_written(address & 0xFFFFFFFF, len(data))
+
+    def read_register(self, name: str) -> int:
+        if name in WIDE_NAME:
+            return self.cpu.read(GPR_BY_NAME[WIDE_NAME[name]]) & 0xFFFF
+        return self.cpu.read(GPR_BY_NAME[name]) & 0xFFFFFFFF
+
+    def write_register(self, name: str, value: int) -> None:
+        self.cpu.write(GPR_BY_NAME[name], value & 0xFFFFFFFF)
+
+    def set_fault_address(self, cr2: int) -> None:
+        self.vcpu.cr2 = cr2
 
     def current_frame(self, eip: int) -> CpuFrame:
         cpu, v = self.cpu, self.vcpu
@@ -171,26 +317,29 @@ class TrapAndEmulate(Monitor):
                         self._virtual_selector(cpu.read(SS)))
 
     def delivery_view(self) -> VirtualView:
+        self.sync_cpl()
         return VirtualView(self)
 
     def enter_handler(self, frame: CpuFrame, handler_cpl: int) -> None:
         self.enter_guest(frame, handler_cpl)
 
     def enter_guest(self, frame: CpuFrame, virtual_cpl: int) -> None:
-        """Resume the guest at a virtual frame: through the iretd stub, at real ring 1 or 3."""
+        """Resume the guest at a virtual frame: through the iretd stub, at its real ring."""
         cpu, v = self.cpu, self.vcpu
         v.iopl = (frame.eflags & EFLAGS_IOPL) >> 12
         v.cpl = virtual_cpl
         v.iflag = bool(frame.eflags & EFLAGS_IF)
-        rpl = self._real_rpl(virtual_cpl)
+        rpl = REAL_RING[virtual_cpl]
         real_flags = (frame.eflags & ~EFLAGS_IOPL) | EFLAGS_IF
         self._select_gdt_view()
+        cpu.clear_interrupt_shadow()
         data_regs = {r: cpu.read(r) for r in (DS, ES, FS, GS)}
         cpu.enter_ring0(MON_CS, MON_DS)
+        cpu.write(EFLAGS, 0x2)               # no guest TF or IF while the stub runs at ring 0
         for reg, sel in data_regs.items():
             if not cpu.try_write(reg, sel):
                 cpu.write(reg, 0)
-        cpu.uc.mem_write(MONITOR_STACK, struct.pack("<5I", frame.eip, (frame.cs & ~3) | rpl,
+        self._monitor_write(MONITOR_STACK, struct.pack("<5I", frame.eip, (frame.cs & ~3) | rpl,
                                                     real_flags, frame.esp, (frame.ss & ~3) | rpl))
         cpu.write(ESP, MONITOR_STACK)
         cpu.write(EIP, IRET_STUB)
@@ -200,59 +349,172 @@ class TrapAndEmulate(Monitor):
         return self.stub_entries > 0 and self.cpu.read(EIP) == IRET_STUB
 
     # -- traps -------------------------------------------------------------------------------
-    def on_fault(self, vector: int, eip: int) -> None:
-        if self.vcpu.cpl == 0 and vector in (GP, NP):
-            insn = self.fetch(eip)
-            if insn is not None:
-                try:
-                    if insn.mnemonic in ("iretd", "iret"):
-                        self.emulate_iret(insn)
-                        return
-                    handler = EMULATORS.get(insn.mnemonic)
-                    if handler is not None and vector == GP:
-                        reason, why = handler(self, insn)
-                        self.record(reason, eip, insn.mnemonic, why, insn)
-                        next_eip = (eip + insn.size) & 0xFFFFFFFF
-                        if insn.mnemonic == "hlt":
-                            self.halt(next_eip)
-                        else:
-                            self.cpu.write(EIP, next_eip)
-                        return
-                except Unemulated:
-                    pass
-        super().on_fault(vector, eip)
+    def handle_exception(self, exit: Exit) -> None:
+        self.sync_cpl()
+        if exit.vector in (GP, NP) and not exit.software and self._emulate(exit):
+            return
+        if exit.vector == NP and not exit.software:
+            self._hidden_segment_fault(exit)
+        super().handle_exception(exit)
 
-    def after_sti(self) -> None:
-        # sti's shadow: the interrupt is taken after the *next* instruction, so that
-        # `sti; hlt` wakes from the hlt rather than before it.
-        if self._pic_pending():
-            self.single_step = True
-            self.cpu.uc.emu_stop()
+    def _emulate(self, exit: Exit) -> bool:
+        """Emulate the instruction that trapped, if it is one the monitor virtualises."""
+        insn = self.fetch(exit.eip)
+        if insn is None:
+            return False
+        handler = EMULATORS.get(insn.mnemonic)
+        if handler is None:
+            if insn.mnemonic in ("ljmp", "lcall", "jmp", "call") and self._far_to_system(insn, exit):
+                return True
+            return False
+        if exit.vector == NP and insn.mnemonic not in ("iret", "iretd", "retf"):
+            return False
+        try:
+            reason, why = handler(self, insn)
+        except Unemulated:
+            return False
+        if insn.mnemonic in TRANSFERS:
+            return True                 # iret records its own exit, with the ring it returns to
+        self.record(reason, exit.eip, insn.mnemonic, why, insn)
+        self.cpu.write(EIP, (exit.eip + insn.size) & 0xFFFFFFFF)
+        if insn.mnemonic == "hlt":
+            self.halt()
+        return True
 
-    def emulate_iret(self, insn) -> None:
+    def _hidden_segment_fault(self, exit: Exit) -> None:
+        """A #NP on a descriptor the shadow hid (a ring change or a system descriptor)."""
+        selector = exit.error_code or 0
+        try:
+            d = self.guest_descriptor(selector)
+        except DeliveryFault:
+            return
+        if d.present and not d.system:
+            # Hidden only so that the monitor sees the ring change: the bare machine
+            # refuses a jump into a more privileged ring with #GP(selector).
+            raise GuestFault(GP, selector & 0xFFFC, why="a transfer to another ring's code")
+
+    def _far_to_system(self, insn: Instruction, exit: Exit) -> bool:
+        """A far jmp/call whose selector names a call gate or TSS in the guest's GDT.
+
+        The shadow never shows the CPU a gate (it would lead to real ring 0), so the
+        monitor performs the transfer on the virtual CPU, with the machine's one routine.
+        """
+        selector = self._loaded_selector(insn)
+        if selector is None or selector & 4:
+            return False
+        try:
+            d = self.guest_descriptor(selector)
+        except DeliveryFault:
+            return False
+        if not d.system:
+            return False
+        if d.type != CALL_GATE32:
+            kind = "a task switch" if d.type in (TSS32_AVAILABLE, TSS32_BUSY, 0x1, 0x3, 0x5) else "a 16-bit gate"
+            self.crash(f"{insn.text} at {exit.eip:#010x} is {kind} through selector {selector:#x}; "
+                       f"trap-and-emulate does not model task switches or 16-bit gates")
+            return True
+        call = insn.mnemonic in ("lcall", "call")
+        at = self.current_frame((exit.eip + insn.size) & 0xFFFFFFFF)
+        try:
+            done = through_call_gate(self.delivery_view(), selector, at, call)
+        except DeliveryFault as e:
+            raise GuestFault(e.vector, e.error_code, why=e.why) from None
+        self.record(ExitReason.CALLOUT, exit.eip, "call-gate",
+                    f"{insn.text} through a call gate: the shadow GDT hides gates (they lead to real ring 0), "
+                    f"so the monitor performs the transfer to virtual ring {done.handler_cpl}", insn)
+        self.enter_guest(done.frame, done.handler_cpl)
+        return True
+
+    # -- emulated transfers --------------------------------------------------------------------
+    def iret(self, insn: Instruction) -> None:
         cpu, v = self.cpu, self.vcpu
+        if v.cpl != 0:
+            raise Unemulated("iret at a virtual ring above 0: the CPU's own fault stands")
         esp = cpu.read(ESP)
-        eip, cs, eflags = struct.unpack("<3I", self.read_linear(esp, 12))
+        ss_base = self.segment_base("ss")
+        eip, cs, eflags = struct.unpack("<3I", self.read_linear(ss_base + esp, 12))
         cs &= 0xFFFF
         target_cpl = cs & 3
-        if target_cpl < v.cpl:
-            raise Unemulated("iret to a more privileged ring")
+        if cs & 0xFFFC == 0:
+            raise GuestFault(GP, 0, why="iret to a null code selector")
+        code = self._system_descriptor(cs)
+        if not code.is_code or (code.dpl != target_cpl and not code.is_conforming) or code.dpl > target_cpl:
+            raise GuestFault(GP, cs & 0xFFFC, why=f"iret to {cs:#x}: not a ring-{target_cpl} code segment")
+        if not code.present:
+            raise GuestFault(NP, cs & 0xFFFC, why=f"iret to {cs:#x}: not present")
         if target_cpl > v.cpl:
-            new_esp, ss = struct.unpack("<2I", self.read_linear(esp + 12, 8))
+            new_esp, ss = struct.unpack("<2I", self.read_linear(ss_base + esp + 12, 8))
             ss &= 0xFFFF
+            if ss & 0xFFFC == 0:
+                raise GuestFault(GP, 0, why="iret to an outer ring with a null SS")
+            stack = self._system_descriptor(ss)
+            if ss & 3 != target_cpl or stack.dpl != target_cpl or not stack.is_writable_data:
+                raise GuestFault(GP, ss & 0xFFFC, why=f"iret: SS {ss:#x} is not a ring-{target_cpl} stack")
+            if not stack.present:
+                raise GuestFault(SS_FAULT, ss & 0xFFFC, why=f"iret: SS {ss:#x} not present")
         else:
             new_esp, ss = esp + 12, self._virtual_selector(cpu.read(SS))
-        if v.cpl > 0:   # IF and IOPL only change when iret runs at (virtual) CPL 0
-            eflags = (eflags & ~(EFLAGS_IF | EFLAGS_IOPL)) | (EFLAGS_IF if v.iflag else 0) | (v.iopl << 12)
         self.record(ExitReason.IRET, cpu.read(EIP), "iret",
                     f"iret in ring 1 faults on the guest's ring-{target_cpl} selector; the monitor pops "
                     f"the frame (virtual IF={int(bool(eflags & EFLAGS_IF))}) and resumes the guest", insn)
-        self.enter_guest(CpuFrame(eip, cs, eflags, new_esp, ss), target_cpl)
+        self.enter_guest(CpuFrame(eip, cs, eflags, new_esp & 0xFFFFFFFF, ss), target_cpl)
         if self._pic_pending() and v.iflag:
-            self.wants_injection = True
-            cpu.uc.emu_stop()
+            self.stop_slice(Exit(ExitReason.INTERRUPT_WINDOW, eip))
 
-    def unsupported_paging(self, cr0: int) -> None:
-        raise UnsupportedGuest(
-            f"the guest enabled paging (mov cr0, {cr0:#x}): trap-and-emulate runs paged guests only "
-            f"with shadow page tables, which hvsim does not have yet; run it with --technique native")
+    def retf(self, insn: Instruction) -> None:
+        """A far return from the kernel to an outer ring: the shadow hides that ring's code."""
+        cpu, v = self.cpu, self.vcpu
+        if v.cpl != 0:
+            raise Unemulated("retf at a virtual ring above 0: the CPU's own fault stands")
+        release = insn.operands[0].value if insn.operands else 0
+        esp = cpu.read(ESP)
+        ss_base = self.segment_base("ss")
+        eip, cs = struct.unpack("<2I", self.read_linear(ss_base + esp, 8))
+        cs &= 0xFFFF
+        target_cpl = cs & 3
+        if target_cpl <= v.cpl:
+            raise Unemulated("retf within ring 0: the CPU's own fault stands")
+        code = self._system_descriptor(cs)
+        if not code.is_code or (code.dpl != target_cpl and not code.is_conforming) or code.dpl > target_cpl:
+            raise GuestFault(GP, cs & 0xFFFC, why=f"retf to {cs:#x}: not a ring-{target_cpl} code segment")
+        if not code.present:
+            raise GuestFault(NP, cs & 0xFFFC, why=f"retf to {cs:#x}: not present")
+        new_esp, ss = struct.unpack("<2I", self.read_linear(ss_base + esp + 8 + release, 8))
+        ss &= 0xFFFF
+        stack = self._system_descriptor(ss) if ss & 0xFFFC else None
+        if stack is None or ss & 3 != target_cpl or stack.dpl != target_cpl or not stack.is_writable_data:
+            raise GuestFault(GP, ss & 0xFFFC, why=f"retf: SS {ss:#x} is not a ring-{target_cpl} stack")
+        self.record(ExitReason.IRET, cpu.read(EIP), "retf",
+                    f"retf from ring 1 to the guest's ring-{target_cpl} code, which the kernel's shadow GDT "
+                    f"hides; the monitor pops the frame and resumes the guest", insn)
+        eflags = self.current_frame(0).eflags
+        self.enter_guest(CpuFrame(eip, cs, eflags, (new_esp + release) & 0xFFFFFFFF, ss), target_cpl)
+
+    def sysenter_transfer(self) -> None:
+        v = self.vcpu
+        cs = v.msrs[MSR_SYSENTER_CS] & 0xFFFC
+        eflags = self.current_frame(0).eflags & ~((1 << 17) | EFLAGS_IF | (1 << 16))
+        self.enter_guest(CpuFrame(v.msrs.get(MSR_SYSENTER_EIP, 0) & 0xFFFFFFFF, cs, eflags,
+                                  v.msrs.get(MSR_SYSENTER_ESP, 0) & 0xFFFFFFFF, cs + 8), 0)
+
+    def sysexit_transfer(self) -> None:
+        cs = self.vcpu.msrs[MSR_SYSENTER_CS] & 0xFFFC
+        frame = self.current_frame(0)
+        self.enter_guest(CpuFrame(self.cpu.read(EDX) & 0xFFFFFFFF, (cs + 16) | 3, frame.eflags,
+                                  self.cpu.read(ECX) & 0xFFFFFFFF, (cs + 24) | 3), 3)
+
+    def sysenter(self, insn: Instruction, exit: Exit) -> None:
+        """sysenter from the hook (Unicorn runs it as a no-op at any ring): emulated."""
+        self.sync_cpl()
+        reason, why = EMULATORS["sysenter"](self, insn)
+        self.record(reason, exit.eip, "sysenter", why, insn)
+
+    # -- the virtual CPU's notifications -------------------------------------------------------
+    def gdt_loaded(self) -> None:
+        self.rebuild_shadow_gdt()
+
+    def control_register_written(self, n: int, old: int, value: int) -> None:
+        if n == 0 and value & (1 << 31):
+            raise UnsupportedGuest(
+                f"the guest enabled paging (mov cr0, {value:#x}): trap-and-emulate runs paged guests only "
+                f"with shadow page tables, which hvsim does not have yet; run it with --technique native")

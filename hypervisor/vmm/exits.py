@@ -17,11 +17,13 @@ class ExitReason(enum.IntEnum):
     EXCEPTION_NMI = 0            # a guest fault or int n, delivered through the guest's IDT
     EXTERNAL_INTERRUPT = 1       # a PIC interrupt injected into the guest
     TRIPLE_FAULT = 2
-    INTERRUPT_WINDOW = 7
+    INTERRUPT_WINDOW = 7         # the guest became able to take a pending interrupt
+    TASK_SWITCH = 9
     CPUID = 10
     HLT = 12
     INVD = 13
     INVLPG = 14
+    RDPMC = 15
     RDTSC = 16
     VMCALL = 18
     CR_ACCESS = 28
@@ -30,8 +32,10 @@ class ExitReason(enum.IntEnum):
     RDMSR = 31
     WRMSR = 32
     GDTR_IDTR_ACCESS = 46
+    MONITOR_TRAP_FLAG = 37       # one instruction was run on its own (an interrupt shadow)
     LDTR_TR_ACCESS = 47
     EPT_VIOLATION = 48
+    PREEMPTION_TIMER = 52        # the slice ended: a timer deadline or the instruction budget
     WBINVD = 54
     # Software-only events (no VT-x counterpart).
     INTERRUPT_FLAG = 256         # cli / sti / popf trapped and emulated on the virtual IF
@@ -42,6 +46,9 @@ class ExitReason(enum.IntEnum):
     CALLOUT = 261                # translated code called out to the monitor
     SHADOW_PAGE_FAULT = 262
     HYPERCALL = 263
+    SYSTEM_CALL = 264            # sysenter / sysexit / syscall emulated by the monitor
+    GUEST_CRASH = 265            # the guest did something the machine cannot continue from
+    TABLE_WRITE = 266            # a write to a write-protected guest table (the GDT; page tables later)
 
     @property
     def label(self) -> str:
@@ -49,6 +56,25 @@ class ExitReason(enum.IntEnum):
 
 
 REASON_BY_LABEL = {r.label: r for r in ExitReason}
+
+
+@dataclass(frozen=True)
+class Exit:
+    """One return of control to the monitor, whatever caused it.
+
+    Hooks, the end of a slice, a fault, a ``hlt``, a timer deadline: each becomes one
+    of these, and the run loop hands it to the handler its ``reason`` names. ``eip`` is
+    where the guest was; ``length`` the length of the instruction that caused it (0
+    when it was not an instruction), so "advance past it" is one line, written once.
+    """
+    reason: ExitReason
+    eip: int = 0
+    length: int = 0
+    vector: int | None = None          # EXCEPTION_NMI: the vector raised
+    error_code: int | None = None      # EXCEPTION_NMI: the error code the CPU pushed
+    software: bool = False             # EXCEPTION_NMI: raised by int n / int3 / into
+    address: int | None = None         # TABLE_WRITE: the guest-physical address written
+    detail: str = ""                   # a crash's explanation, for GUEST_CRASH
 
 
 @dataclass

@@ -1,46 +1,73 @@
-"""The monitor every technique shares: hooks in, one run loop, exits out.
+"""The monitor every technique shares: one exit path, one dispatcher, one run loop.
 
 A technique decides two things only: *how control reaches the monitor* (which hooks
 fire, what the CPU's privilege is) and *which CPU state is virtual*. Everything else
-lives here, once:
+lives here, once, in the shape of Firecracker's vCPU loop and SimpleVisor's exit
+handler:
 
-* the **run loop**: run the guest in slices of exactly counted instructions, stop at
-  the next virtual-timer deadline, inject interrupts the (virtual) CPU accepts, skip
-  virtual time forward while the guest idles in ``hlt``, stop a runaway guest at its
-  instruction budget;
-* **port I/O** to the device bus (one hook, any CPL, IOPL checked by us because
-  Unicorn does not);
-* **event delivery** through the guest's IDT, with #DF and triple-fault escalation;
-* the **exit record**: every exit is counted by reason, and traced if asked.
+    run a slice of guest code  ->  an Exit  ->  its handler  ->  resume, or inject an event
 
-Virtual time: the guest's CPU runs at one instruction per nanosecond of virtual time.
-Instruction counts are exact (see ``Cpu.executed``), so the same run twice sees the
-timer fire at the same instruction: deterministic, unlike wall-clock time.
+* **One exit path.** Whatever returns control to the monitor — a Unicorn hook, the end
+  of a slice, a fault, an I/O instruction, a ``hlt``, a timer deadline — becomes one
+  ``Exit`` with an SDM-numbered reason, and ``dispatch`` hands it to the one handler
+  the table names. Exits that Unicorn reports from inside a hook (faults, ``int n``,
+  port I/O) are dispatched there, with the CPU stopped on a consistent instruction
+  boundary; exits that end a slice are dispatched by the loop.
+* **Interrupts.** An interrupt is taken when the PIC raises INTR, the guest's IF is
+  set and no interrupt shadow (``sti``, ``mov ss``) is in force: then it is *injected*,
+  and the technique decides how an event reaches its guest (IDT delivery by default).
+  A shadow is honoured by running exactly one instruction first (a monitor-trap exit).
+* **Time.** The guest's CPU runs at one instruction per nanosecond of virtual time.
+  Instruction counts are exact (see ``Cpu.executed``), a slice never runs past the
+  earliest timer deadline, a device re-armed mid-slice cuts the slice short, and a
+  device read mid-slice sees the time of the instruction that reads.
+* **Hostile guests.** A fault raised while the monitor emulates or delivers
+  (``GuestFault``) is delivered to the guest as the CPU would; anything the machine
+  cannot continue from ends the run with a ``halted_reason``; no Python error escapes.
 """
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass, field
 
 from unicorn import UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UcError
-from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT
+from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_INS_SYSENTER
 
-from ..machine.cpu import EAX, EIP, ESP, GPR_BY_NAME
-from ..machine.interrupts import (EXCEPTION_NAMES, GP, NP, SS_FAULT, TS, VECTORS_WITH_ERROR_CODE,
-                                  CpuFrame, EventKind, TripleFault,
+from ..errors import HvError
+from ..machine.cpu import EAX, EIP, ESP, SEG_BY_NAME
+from ..machine.faults import BusError, GuestFault
+from ..machine.interrupts import (EXCEPTION_NAMES, GP, NP, PF, SS_FAULT, TS, UD, VECTORS_WITH_ERROR_CODE,
+                                  CpuFrame, DeliveryFault, EventKind, TripleFault,
                                   deliver_with_escalation)
+from ..machine.devices.pit import PIT_IRQ
 from ..machine.pc import PC
-from .decode import MAX_INSN, Instruction, decode
-from .exits import ExitReason, ExitStats
+from .decode import MAX_INSN, Instruction, Mem, Reg, Imm, SEGMENT_REGISTERS, decode
+from .exits import Exit, ExitReason, ExitStats
 from .trace import ExitRecord, Trace
 
 NS_PER_INSTRUCTION = 1
 UNTIL_NEVER = 1 << 40          # an end address EIP never reaches: slices end by count
-# While an interrupt waits on an IF the monitor cannot see change (native: sti runs on the
-# CPU), the loop looks again after POLL_FIRST instructions, doubling up to POLL_MAX: quick
-# after a short cli section, cheap during a long one (each look is an emu_start).
+# Without a native interrupt-window hook, an interrupt that waits on an IF the monitor
+# cannot see change is looked for again after POLL_FIRST instructions, doubling to POLL_MAX.
 POLL_FIRST, POLL_MAX = 1_000, 1_000_000
-SEGMENT_NAMES = ("ds", "es", "fs", "gs", "ss")
+PF_PRESENT, PF_RSVD = 1 << 0, 1 << 3
+
+
+class VcpuState(enum.Enum):
+    RUNNING = "running"
+    HALTED = "halted"          # in hlt: waits for an interrupt, virtual time skips ahead
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something to deliver to the guest: an exception, a software interrupt or an IRQ."""
+    vector: int
+    kind: EventKind
+    error_code: int | None = None
+    return_eip: int = 0
+    fault_eip: int | None = None       # for int n: the EIP a fault during delivery saves
+    cr2: int | None = None             # for #PF
 
 
 @dataclass
@@ -63,7 +90,7 @@ class RunResult:
 
 
 class Monitor:
-    """Base of every technique. Subclasses override the ``technique hooks`` section."""
+    """Base of every technique. Subclasses fill in the ``technique hooks`` section."""
 
     name = "monitor"
     description = ""
@@ -76,21 +103,32 @@ class Monitor:
         self.trace = trace or Trace()
         self.stats = ExitStats()
         self.max_instructions = max_instructions
-        self.instructions = 0            # guest instructions executed
+        self.instructions = 0            # guest instructions retired
         self.stub_entries = 0            # monitor-stub instructions queued, not guest work
-        self.idle = False                # the guest is in hlt, waiting for an interrupt
-        self.wants_injection = False     # a hook saw an interrupt become deliverable
-        self.single_step = False         # run one instruction before injecting (sti shadow)
-        self.io_fault_at: int | None = None  # an in/out refused for IOPL, to fault once stopped
+        self.state = VcpuState.RUNNING
+        self.slice_exit: Exit | None = None   # what a hook asked the loop to handle
         self._poll_slice = POLL_FIRST
         self._slice_budget = 0
+        self._slice_end_ns: int | None = None
+        self._wall = time.perf_counter()
+        self.handlers = {
+            ExitReason.EXCEPTION_NMI: self.handle_exception,
+            ExitReason.HLT: self.handle_hlt,
+            ExitReason.INTERRUPT_WINDOW: self.handle_interrupt_window,
+            ExitReason.PREEMPTION_TIMER: self.handle_slice_end,
+            ExitReason.MONITOR_TRAP_FLAG: self.handle_slice_end,
+            ExitReason.GUEST_CRASH: self.handle_crash,
+            ExitReason.IO_INSTRUCTION: self.handle_refused_io,
+            ExitReason.SYSTEM_CALL: self.handle_system_call,
+        }
         uc = self.cpu.uc
         uc.hook_add(UC_HOOK_INTR, self._hook_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
         uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, UC_X86_INS_OUT)
-        pic = pc.devices.pic
-        self._pic_pending = pic.has_interrupt
+        uc.hook_add(UC_HOOK_INSN, self._hook_system_call, None, 1, 0, UC_X86_INS_SYSENTER)
+        uc.hook_add(UC_HOOK_INSN, self._hook_system_call, None, 1, 0, UC_X86_INS_SYSCALL)
+        pc.clock.on_rearm = self._timer_rearmed
 
     # == technique hooks =================================================================
     def boot(self) -> None:
@@ -99,6 +137,10 @@ class Monitor:
     def interrupts_enabled(self) -> bool:
         """The IF the guest believes in."""
         raise NotImplementedError
+
+    def interrupt_shadow(self) -> bool:
+        """True while the instruction after sti / mov ss has not run yet."""
+        return False
 
     def current_frame(self, eip: int) -> CpuFrame:
         """The guest's (virtual) CS, EFLAGS, SS:ESP with ``eip`` as the return address."""
@@ -115,76 +157,128 @@ class Monitor:
     def io_permitted(self) -> bool:
         raise NotImplementedError
 
-    def on_fault(self, vector: int, eip: int) -> None:
-        """A fault or trap the CPU raised (not ``int n``): by default reflect it to the guest."""
-        self.reflect(vector, eip, EventKind.EXCEPTION, self.error_code_for(vector, eip))
+    def read_linear(self, address: int, length: int) -> bytes:
+        """Guest memory by linear address, as the guest's CPU sees it (may raise GuestFault)."""
+        raise NotImplementedError
 
-    def on_software_interrupt(self, vector: int, next_eip: int, length: int) -> None:
-        self.reflect(vector, next_eip, EventKind.SOFTWARE, None, fault_eip=next_eip - length)
+    def set_fault_address(self, cr2: int) -> None:
+        """Record a #PF's linear address in the guest's CR2."""
 
-    def on_halt_return(self, eip: int) -> None:
-        """``emu_start`` came back early with nothing asked of it: the guest ran ``hlt``."""
-        self.halt(eip)
+    def before_slice(self) -> None:
+        """Last chance to arrange the CPU before guest code runs."""
+
+    def after_slice(self, ran: int) -> None:
+        """``ran`` guest instructions have retired in the slice just ended."""
 
     # == the run loop ====================================================================
     def run(self) -> RunResult:
-        started = time.perf_counter()
-        pc, cpu = self.pc, self.cpu
-        pit, pic = pc.devices.pit, pc.devices.pic
-        self.boot()
-        while pc.outcome.halted_reason is None:
-            pit.update()
-            if self._pic_pending() and self.interrupts_enabled() and not self.single_step:
-                self.inject_external(pic.acknowledge())
-            if self.idle:
-                if not self._wait_for_interrupt():
-                    break
-                continue
-            budget = self.max_instructions - self.instructions
-            if budget <= 0:
-                pc.outcome.halted_reason = (f"runaway: stopped at --max-instructions "
-                                            f"{self.max_instructions} (EIP {cpu.read(EIP):#010x})")
-                break
-            deadline = pit.next_event_ns()
-            if deadline is not None:
-                budget = min(budget, max(1, -(-(deadline - pc.clock.now) // NS_PER_INSTRUCTION)))
-            if self._pic_pending() and not self.sees_interrupt_flag:
-                budget = min(budget, self._poll_slice)
-                self._poll_slice = min(2 * self._poll_slice, POLL_MAX)
-            else:
-                self._poll_slice = POLL_FIRST
-            if self.single_step:
-                budget = 1
-            self._run_slice(budget)
-        pc.outcome.halted_reason = pc.outcome.halted_reason or "stopped"
-        return RunResult(self.name, bytes(pc.outcome.console), pc.outcome.exit_code,
-                         pc.outcome.halted_reason, self.instructions, self.stats.as_dict(),
-                         time.perf_counter() - started, pc.clock.now,
+        """Run the guest to its end (a domain alone on the machine)."""
+        self.start()
+        while not self.finished:
+            self.step()
+        return self.result()
+
+    def start(self) -> None:
+        self._wall = time.perf_counter()
+        self._guarded(self.boot)
+
+    @property
+    def finished(self) -> bool:
+        return self.pc.outcome.halted_reason is not None
+
+    def step(self) -> None:
+        """One turn of the vCPU loop: a slice, its exit, the exit's handler."""
+        def turn() -> None:
+            exit = self.run_slice()
+            if exit is not None:
+                self.dispatch(exit)
+        self._guarded(turn)
+
+    def _guarded(self, work) -> None:
+        try:
+            work()
+        except HvError:
+            raise
+        except Exception as e:          # a VMM bug must still end as a report, not a traceback
+            self.crash(f"hvsim internal error: {type(e).__name__}: {e}")
+
+    def result(self) -> RunResult:
+        outcome = self.pc.outcome
+        return RunResult(self.name, bytes(outcome.console), outcome.exit_code,
+                         outcome.halted_reason or "stopped", self.instructions, self.stats.as_dict(),
+                         time.perf_counter() - self._wall, self.pc.clock.now,
                          [r.as_json() for r in self.trace.records])
 
-    def _run_slice(self, budget: int) -> None:
+    def run_slice(self) -> Exit | None:
+        """Service timers, inject what can be taken, then run the guest until an exit."""
         pc, cpu = self.pc, self.cpu
+        self.service_timers()
+        if self.interrupt_window_open():
+            self.inject_external()
+            if pc.outcome.halted_reason is not None:
+                return None
+        if self.state is VcpuState.HALTED:
+            return self.idle()
+        budget = self.max_instructions - self.instructions
+        if budget <= 0:
+            self.crash(f"runaway: stopped at --max-instructions {self.max_instructions} "
+                       f"(EIP {cpu.read(EIP):#010x})", prefix="")
+            return None
+        reason = ExitReason.PREEMPTION_TIMER
+        deadline = pc.clock.next_deadline()
+        if deadline is not None:
+            budget = min(budget, max(1, -(-(deadline - pc.clock.now) // NS_PER_INSTRUCTION)))
+        if self.interrupt_shadow() and self._pic_pending():
+            budget, reason = 1, ExitReason.MONITOR_TRAP_FLAG
+        elif self._pic_pending() and not self.sees_interrupt_flag and not self.watch_interrupt_window():
+            budget = min(budget, self._poll_slice)
+            self._poll_slice = min(2 * self._poll_slice, POLL_MAX)
+        else:
+            self._poll_slice = POLL_FIRST
+        return self._execute(budget, reason)
+
+    def watch_interrupt_window(self) -> bool:
+        """Arm a watch that stops the CPU as soon as the guest sets IF; False if none."""
+        return False
+
+    def _execute(self, budget: int, reason: ExitReason) -> Exit | None:
+        pc, cpu = self.pc, self.cpu
+        self.before_slice()
+        if pc.outcome.halted_reason is not None:
+            return None
         pc.stop_requested = None
-        self.wants_injection = False
-        was_single = self.single_step
+        self.slice_exit = None
         eip = cpu.read(EIP)
         self._slice_budget = budget
+        self._slice_end_ns = pc.clock.now + budget * NS_PER_INSTRUCTION
+        pc.clock.run_slice(self._slice_ns)
         try:
             cpu.uc.emu_start(eip, UNTIL_NEVER, count=budget)
+            error = None
         except UcError as e:
-            self._account(budget)
-            self.guest_crash(f"{e} at EIP {cpu.read(EIP):#010x}")
-            return
-        executed = self._account(budget)
-        if was_single:
-            self.single_step = False
-        if self.io_fault_at is not None:
-            self._raise_io_fault()
-            return
-        if pc.stop_requested or self.wants_injection or self.idle or was_single:
-            return
+            error = e
+        finally:
+            pc.clock.run_slice(None)
+            ran = self._account(budget)
+        self.after_slice(ran)
+        if error is not None:
+            return Exit(ExitReason.GUEST_CRASH, cpu.read(EIP), detail=f"{error} at EIP {cpu.read(EIP):#010x}")
+        if self.slice_exit is not None or pc.stop_requested:
+            return self.slice_exit
+        executed = cpu.executed(budget)
         if executed < budget:
-            self.on_halt_return(cpu.read(EIP))
+            # emu_start came back early with nothing asked of it: the guest ran hlt at ring 0.
+            return Exit(ExitReason.HLT, cpu.read(EIP))
+        return Exit(reason, cpu.read(EIP))
+
+    def _slice_ns(self) -> int:
+        """Virtual nanoseconds the running slice has used so far (for device reads)."""
+        return (self.instructions_now() - self.instructions) * NS_PER_INSTRUCTION
+
+    def _timer_rearmed(self, deadline: int) -> None:
+        """A device moved its deadline: a slice planned against the old one stops early."""
+        if self._slice_budget and self._slice_end_ns is not None and deadline < self._slice_end_ns:
+            self.stop_slice(None)
 
     def _account(self, budget: int) -> int:
         """Add the slice's guest instructions to the count and the virtual clock.
@@ -194,137 +288,236 @@ class Monitor:
         """
         executed = self.cpu.executed(budget)
         self._slice_budget = 0
+        self._slice_end_ns = None
         stubs = self.stub_entries - (1 if self.stub_pending() else 0)
         self.stub_entries -= stubs
         guest = max(0, executed - stubs)
         self.instructions += guest
         self.pc.clock.advance(guest * NS_PER_INSTRUCTION)
-        return executed
+        return guest
 
     def stub_pending(self) -> bool:
         """True when the CPU is parked on a monitor stub that has not run yet."""
         return False
 
-    def _wait_for_interrupt(self) -> bool:
-        """The guest is halted: jump virtual time to the next event, or end the run."""
-        pc = self.pc
-        if self._pic_pending() and self.interrupts_enabled():
-            self.idle = False
-            return True
-        deadline = pc.devices.pit.next_event_ns()
-        if not self.interrupts_enabled() or deadline is None:
-            why = "interrupts disabled" if not self.interrupts_enabled() else "no timer armed"
-            pc.outcome.halted_reason = f"halted: hlt with {why}, nothing can wake the guest"
-            return False
-        self.stats.add(ExitReason.IDLE)
-        pc.clock.advance_to(max(deadline, pc.clock.now))
-        pc.devices.pit.update()
-        return True
-
-    # == events ==========================================================================
-    def halt(self, next_eip: int) -> None:
-        """The guest executed hlt; ``next_eip`` is where it resumes after the interrupt."""
-        self.cpu.write(EIP, next_eip)
-        if self._pic_pending() and self.interrupts_enabled():
-            self.inject_external(self.pc.devices.pic.acknowledge())
-            return
-        self.idle = True
+    def stop_slice(self, exit: Exit | None) -> None:
+        """From a hook: end the running slice and have the loop dispatch ``exit`` (by
+        default a preemption: the loop only looks again at timers and interrupts)."""
+        if exit is not None:
+            self.slice_exit = exit
+        elif self.slice_exit is None:
+            self.slice_exit = Exit(ExitReason.PREEMPTION_TIMER)
         self.cpu.uc.emu_stop()
 
-    def inject_external(self, vector: int) -> None:
-        self.idle = False
+    def service_timers(self) -> None:
+        """Bring every device whose deadline has come up to the present."""
+        deadline = self.pc.clock.next_deadline()
+        if deadline is not None and deadline <= self.pc.clock.now:
+            self.pc.devices.pit.update()
+
+    def interrupt_window_open(self) -> bool:
+        return self._pic_pending() and self.interrupts_enabled() and not self.interrupt_shadow()
+
+    def _pic_pending(self) -> bool:
+        return self.pc.devices.pic.has_interrupt()
+
+    def idle(self) -> None:
+        """The guest is halted: jump virtual time to the next event, or end the run."""
+        pc = self.pc
+        if not self.interrupts_enabled():
+            self.crash("halted: hlt with interrupts disabled, nothing can wake the guest", prefix="")
+            return None
+        deadline = pc.clock.next_deadline()
+        if deadline is None or not pc.devices.pic.could_interrupt(PIT_IRQ):
+            why = "no timer armed" if deadline is None else "its timer interrupt masked or blocked at the PIC"
+            self.crash(f"halted: hlt with {why}, nothing can wake the guest", prefix="")
+            return None
+        self.stats.add(ExitReason.IDLE)
+        pc.clock.advance_to(max(deadline, pc.clock.now))
+        return None
+
+    # == the dispatcher ======================================================================
+    def dispatch(self, exit: Exit) -> None:
+        """Hand an exit to its handler. A fault the handler raises goes to the guest."""
+        handler = self.handlers.get(exit.reason)
+        if handler is None:
+            self.crash(f"no handler for exit {exit.reason.label} at EIP {exit.eip:#010x}")
+            return
+        try:
+            handler(exit)
+        except GuestFault as fault:
+            self.inject_fault(fault, exit.eip)
+        except BusError as e:
+            self.crash(f"guest touched memory outside RAM ({e}) at EIP {exit.eip:#010x}")
+
+    def handle_exception(self, exit: Exit) -> None:
+        """A fault or ``int n`` the CPU raised: by default reflect it to the guest."""
+        if exit.software:
+            self.reflect(Event(exit.vector, EventKind.SOFTWARE, None, (exit.eip + exit.length) & 0xFFFFFFFF,
+                               fault_eip=exit.eip))
+        else:
+            self.reflect(Event(exit.vector, EventKind.EXCEPTION, exit.error_code, exit.eip))
+
+    def handle_hlt(self, exit: Exit) -> None:
+        """The guest executed hlt; EIP is already past it. Sleep until an interrupt."""
+        self.record(ExitReason.HLT, exit.eip, "hlt", "the guest halted; the vCPU sleeps until an interrupt")
+        self.halt()
+
+    def handle_interrupt_window(self, exit: Exit) -> None:
+        """The guest became able to take an interrupt: the loop injects it next."""
+        self.record(ExitReason.INTERRUPT_WINDOW, exit.eip, "window",
+                    "the guest set IF while an interrupt was pending; it is injected now")
+
+    def handle_slice_end(self, exit: Exit) -> None:
+        """A slice ran out (a deadline, the budget or one shadowed instruction): nothing to do
+        but let the loop service timers and look for interrupts again."""
+
+    def handle_system_call(self, exit: Exit) -> None:
+        """sysenter or syscall, which Unicorn runs as no-ops: done here as QEMU does them.
+
+        The hook stopped the CPU with EIP already past the instruction; put it back, so a
+        fault is taken on the instruction. ``syscall`` is #UD: the referee's 32-bit CPU
+        (qemu32) has no SYSCALL feature, so EFER.SCE can never be set.
+        """
+        self.cpu.write(EIP, exit.eip)
+        insn = self.fetch(exit.eip)
+        if insn is None or insn.mnemonic != "sysenter":
+            raise GuestFault(UD, why="syscall: not available on a 32-bit CPU without EFER.SCE")
+        self.sysenter(insn, exit)
+
+    def sysenter(self, insn: Instruction, exit: Exit) -> None:
+        raise NotImplementedError
+
+    def handle_crash(self, exit: Exit) -> None:
+        self.crash(exit.detail)
+
+    def halt(self) -> None:
+        if self.interrupt_window_open():
+            return                      # the loop injects at once: hlt woke immediately
+        self.state = VcpuState.HALTED
+        if self._slice_budget:
+            self.stop_slice(None)
+
+    # == events ==============================================================================
+    def inject_external(self) -> None:
+        vector = self.pc.devices.pic.acknowledge()
+        self.state = VcpuState.RUNNING
         eip = self.cpu.read(EIP)
         self.record(ExitReason.EXTERNAL_INTERRUPT, eip, "inject",
                     f"PIC raised vector {vector:#x}; the guest's IF is set, so it is delivered "
                     f"through the guest's IDT", qualification=f"vector={vector:#x}")
-        self.deliver(vector, EventKind.EXTERNAL, None, eip)
+        self.inject(Event(vector, EventKind.EXTERNAL, None, eip))
 
-    def reflect(self, vector: int, return_eip: int, kind: EventKind, error_code: int | None,
-                fault_eip: int | None = None) -> None:
-        name = EXCEPTION_NAMES.get(vector, f"vector {vector:#x}") if kind is EventKind.EXCEPTION else f"int {vector:#x}"
+    def inject_fault(self, fault: GuestFault, eip: int) -> None:
+        """A fault found by the monitor itself (emulating, reading a guest table)."""
+        error = fault.error_code
+        if fault.vector in VECTORS_WITH_ERROR_CODE and error is None:
+            error = 0
+        self.reflect(Event(fault.vector, EventKind.EXCEPTION, error, eip, cr2=fault.cr2), why=fault.why)
+
+    def reflect(self, event: Event, why: str = "") -> None:
+        vector = event.vector
+        if event.kind is EventKind.SOFTWARE:
+            name = f"int {vector:#x}"
+        else:
+            name = EXCEPTION_NAMES.get(vector, f"vector {vector:#x}")
+        qualification = f"vector={vector:#x}"
+        if event.error_code is not None:
+            qualification += f" error={event.error_code:#x}"
         self.record(ExitReason.EXCEPTION_NMI, self.cpu.read(EIP), "reflect",
-                    f"{name}: delivered through the guest's own IDT",
-                    qualification=f"vector={vector:#x}" + (f" error={error_code:#x}" if error_code is not None else ""))
-        self.deliver(vector, kind, error_code, return_eip, fault_eip)
+                    f"{name}: delivered through the guest's own IDT" + (f" ({why})" if why else ""),
+                    qualification=qualification)
+        self.inject(event)
 
-    def deliver(self, vector: int, kind: EventKind, error_code: int | None, return_eip: int,
-                fault_eip: int | None = None) -> None:
+    def inject(self, event: Event) -> None:
+        """Deliver an event to the guest. By default through the guest's IDT, as the CPU does."""
+        if event.cr2 is not None:
+            self.set_fault_address(event.cr2)
+        self.state = VcpuState.RUNNING
         try:
-            delivered, notes = deliver_with_escalation(self.delivery_view(), vector, kind, error_code,
-                                                       self.current_frame(return_eip), fault_eip)
+            delivered, notes = deliver_with_escalation(self.delivery_view(), event.vector, event.kind,
+                                                       event.error_code, self.current_frame(event.return_eip),
+                                                       event.fault_eip)
         except TripleFault as e:
-            self.record(ExitReason.TRIPLE_FAULT, return_eip, "crash", str(e))
-            self.guest_crash(f"{e} (EIP {self.cpu.read(EIP):#010x})")
+            self.record(ExitReason.TRIPLE_FAULT, event.return_eip, "crash", str(e))
+            self.crash(f"{e} (EIP {self.cpu.read(EIP):#010x})")
             return
         for note in notes:
-            self.record(ExitReason.EXCEPTION_NMI, return_eip, "escalate", note)
+            self.record(ExitReason.EXCEPTION_NMI, event.return_eip, "escalate", note)
+        if delivered.cr2 is not None:
+            self.set_fault_address(delivered.cr2)
         self.enter_handler(delivered.frame, delivered.handler_cpl)
 
-    def guest_crash(self, why: str) -> None:
-        self.pc.request_stop(f"guest crash: {why}")
+    def crash(self, why: str, prefix: str = "guest crash: ") -> None:
+        self.pc.request_stop(f"{prefix}{why}")
 
-    def error_code_for(self, vector: int, eip: int) -> int | None:
-        """Unicorn does not expose the error code: derive it from the faulting instruction.
+    # == the fault's error code ================================================================
+    def error_code_for(self, vector: int) -> int | None:
+        """The error code the CPU pushes for the fault it is raising (None: it pushes none).
 
-        A segment-load fault (#TS, #NP, #SS, #GP) names the selector it refused; other
-        faults with an error code are given 0 (#PF's bits are not computed yet).
+        Unicorn keeps it where QEMU does, and ``Cpu`` found that place by experiment.
         """
         if vector not in VECTORS_WITH_ERROR_CODE:
             return None
-        insn = self.fetch(eip)
-        if insn is not None and vector in (TS, NP, SS_FAULT, GP):
-            selector = self._loaded_selector(insn)
-            if selector is not None:
-                return selector & 0xFFFC
-        return 0
+        code = self.cpu.exception_error_code()
+        if vector == PF and code & PF_RSVD:
+            code &= ~PF_PRESENT         # QEMU 7.2 (the referee) leaves P clear on a reserved-bit fault
+        return code
 
     def _loaded_selector(self, insn: Instruction) -> int | None:
         """The selector a segment-loading instruction loads, or None if it loads none."""
         ops, name = insn.operands, insn.mnemonic
-        if name == "mov" and len(ops) == 2 and ops[0][0] == "reg" and ops[0][1] in SEGMENT_NAMES:
+        if name == "mov" and len(ops) == 2 and isinstance(ops[0], Reg) and ops[0].name in SEGMENT_REGISTERS:
             return self.operand_value(ops[1], 2)
-        if name == "pop" and ops and ops[0][0] == "reg" and ops[0][1] in SEGMENT_NAMES:
+        if name == "pop" and ops and isinstance(ops[0], Reg) and ops[0].name in SEGMENT_REGISTERS:
             return int.from_bytes(self.read_linear(self.cpu.read(ESP), 2), "little")
-        if name in ("lds", "les", "lfs", "lgs", "lss") and len(ops) == 2 and ops[1][0] == "mem":
-            return int.from_bytes(self.read_linear(self.effective_address(ops[1][1]) + 4, 2), "little")
-        if name in ("ljmp", "lcall") and len(ops) == 2 and ops[0][0] == "imm":   # jmp sel:offset
-            return ops[0][1] & 0xFFFF
-        if name in ("jmp", "call", "ljmp", "lcall") and ops and ops[0][0] == "mem" and ops[0][2] == 6:
-            return int.from_bytes(self.read_linear(self.effective_address(ops[0][1]) + 4, 2), "little")
+        if name in ("lds", "les", "lfs", "lgs", "lss") and len(ops) == 2 and isinstance(ops[1], Mem):
+            return int.from_bytes(self.read_linear(self.effective_address(ops[1]) + 4, 2), "little")
+        if name in ("ljmp", "lcall") and ops and isinstance(ops[0], Imm):   # jmp sel:offset
+            return ops[0].value & 0xFFFF
+        if name in ("jmp", "call", "ljmp", "lcall") and ops and isinstance(ops[0], Mem) and ops[0].size == 6:
+            return int.from_bytes(self.read_linear(self.effective_address(ops[0]) + 4, 2), "little")
         return None
 
-    def operand_value(self, op, size: int = 4) -> int | None:
+    def operand_value(self, op, size: int = 4) -> int:
         """The value of a decoded operand (register, memory or immediate), ``size`` bytes wide."""
-        kind = op[0]
-        if kind == "reg":
-            return self.cpu.read_named(op[1]) & ((1 << (8 * size)) - 1)
-        if kind == "mem":
-            return int.from_bytes(self.read_linear(self.effective_address(op[1]), size), "little")
-        if kind == "imm":
-            return op[1]
-        return None
+        if isinstance(op, Reg):
+            return self.cpu.read_named(op.name) & ((1 << (8 * size)) - 1)
+        if isinstance(op, Mem):
+            return int.from_bytes(self.read_linear(self.effective_address(op), size), "little")
+        return op.value & ((1 << (8 * size)) - 1)
 
     # == helpers for techniques ============================================================
-    def read_linear(self, address: int, length: int) -> bytes:
-        raise NotImplementedError
-
     def fetch(self, eip: int) -> Instruction | None:
-        try:
-            code = self.read_linear(eip, MAX_INSN)
-        except (IndexError, ValueError):
+        """The instruction at ``eip`` (None where it cannot be read or decoded)."""
+        for length in (MAX_INSN, 1):
             try:
-                code = self.read_linear(eip, 1)
-            except (IndexError, ValueError):
-                return None
-        return decode(code, eip)
+                code = self.read_linear(eip, length)
+            except (GuestFault, BusError, IndexError):
+                continue
+            if length == 1:     # near the end of readable memory: read what is there
+                for n in range(MAX_INSN - 1, 1, -1):
+                    try:
+                        code = self.read_linear(eip, n)
+                        break
+                    except (GuestFault, BusError, IndexError):
+                        continue
+            return decode(code, eip)
+        return None
 
-    def effective_address(self, mem) -> int:
-        addr = mem.disp
-        if mem.base:
-            addr += self.cpu.read(GPR_BY_NAME[mem.base])
-        if mem.index:
-            addr += self.cpu.read(GPR_BY_NAME[mem.index]) * mem.scale
-        return addr & 0xFFFFFFFF
+    def effective_address(self, mem: Mem) -> int:
+        """Offset + segment base: the linear address of a memory operand."""
+        return (mem.offset(self.cpu.read_named) + self.segment_base(mem.segment or mem.default_segment)) & 0xFFFFFFFF
+
+    def segment_base(self, segment: str) -> int:
+        """The base of a segment register, from the descriptor its selector names."""
+        selector = self.cpu.read(SEG_BY_NAME[segment])
+        if selector & 0xFFFC == 0:
+            return 0
+        try:
+            return self.delivery_view().descriptor(selector).base
+        except DeliveryFault:
+            return 0
 
     def record(self, reason: ExitReason, eip: int, handler: str, explanation: str,
                insn: Instruction | None = None, qualification: str = "") -> None:
@@ -334,37 +527,52 @@ class Monitor:
                                       insn.raw if insn else b"", insn.text if insn else "", qualification))
 
     def instructions_now(self) -> int:
-        """Guest instructions so far, including the running slice (for trace records)."""
+        """Guest instructions so far, including the running slice, counted as ``_account``
+        will count them (the monitor's stub instructions are not the guest's)."""
         if not self._slice_budget:
             return self.instructions
-        return self.instructions + self.cpu.executed(self._slice_budget)
+        stubs = self.stub_entries - (1 if self.stub_pending() else 0)
+        return self.instructions + max(0, self.cpu.executed(self._slice_budget) - stubs)
 
     # == the hooks =========================================================================
     def _hook_intr(self, uc, intno: int, _):
         eip = self.cpu.read(EIP)
         length = self._software_interrupt_length(intno, eip)
         if length:
-            self.on_software_interrupt(intno, eip, length)
+            exit = Exit(ExitReason.EXCEPTION_NMI, (eip - length) & 0xFFFFFFFF, length, intno, software=True)
         else:
+            error = self.error_code_for(intno)
             self.cpu.forget_fault()
-            self.on_fault(intno, eip)
+            exit = Exit(ExitReason.EXCEPTION_NMI, eip, 0, intno, error)
+        self._dispatch_in_hook(exit)
+
+    def _dispatch_in_hook(self, exit: Exit) -> None:
+        try:
+            self.dispatch(exit)
+        except HvError:
+            raise
+        except Exception as e:
+            self.crash(f"hvsim internal error: {type(e).__name__}: {e}")
 
     def _software_interrupt_length(self, intno: int, eip: int) -> int:
         """Length of the int n / int3 / into that raised ``intno``, or 0 for a fault.
 
-        Unicorn reports EIP after a software interrupt and on the instruction for a fault.
+        Unicorn reports EIP after a software interrupt and on the instruction for a fault;
+        a fault has its error code (or none) in the CPU, a software interrupt never sets it.
         """
+        if not self.cpu.software_interrupt_raised():
+            return 0
         try:
-            if intno in (3, 4) and self.read_linear(eip - 1, 1)[0] == (0xCC if intno == 3 else 0xCE):
+            if intno in (3, 4) and self.read_linear((eip - 1) & 0xFFFFFFFF, 1)[0] == (0xCC if intno == 3 else 0xCE):
                 return 1
-            return 2 if self.read_linear(eip - 2, 2) == bytes((0xCD, intno)) else 0
-        except (IndexError, ValueError):
+            return 2 if self.read_linear((eip - 2) & 0xFFFFFFFF, 2) == bytes((0xCD, intno)) else 0
+        except (GuestFault, BusError, IndexError):
             return 0
 
     def _hook_invalid(self, uc, _) -> bool:
         eip = self.cpu.read(EIP)
         self.cpu.forget_fault()
-        self.on_fault(6, eip)
+        self._dispatch_in_hook(Exit(ExitReason.EXCEPTION_NMI, eip, 0, UD))
         return True
 
     def _hook_in(self, uc, port: int, size: int, _) -> int:
@@ -384,9 +592,15 @@ class Monitor:
         if self.trace.enabled:
             self._trace_io(port, size, value)
         self.pc.bus.write(port, size, value)
-        if self._pic_pending() and self.interrupts_enabled():
-            self.wants_injection = True
-            uc.emu_stop()
+        if self._pic_pending():
+            if self.interrupts_enabled():
+                self.stop_slice(None)             # taken at the next instruction boundary
+            elif not self.sees_interrupt_flag:
+                self.watch_interrupt_window()     # taken when the guest sets IF
+
+    def _hook_system_call(self, uc, _) -> None:
+        # Unicorn calls this with EIP on the instruction, then adds its length: stop, act later.
+        self.stop_slice(Exit(ExitReason.SYSTEM_CALL, self.cpu.read(EIP), 2))
 
     def _trace_io(self, port: int, size: int, value: int | None) -> None:
         eip = self.cpu.read(EIP)
@@ -402,16 +616,17 @@ class Monitor:
         The hook cannot redirect the CPU (Unicorn finishes the in/out and overwrites EIP),
         so it makes the instruction a no-op and stops; the loop then raises the fault.
         """
-        self.io_fault_at = self.cpu.read(EIP)
-        self.cpu.uc.emu_stop()
-
-    def _raise_io_fault(self) -> None:
-        eip, self.io_fault_at = self.io_fault_at, None
+        eip = self.cpu.read(EIP)
         insn = self.fetch(eip)
+        self.stop_slice(Exit(ExitReason.IO_INSTRUCTION, eip, insn.size if insn else 0))
+
+    def handle_refused_io(self, exit: Exit) -> None:
+        """Permitted port I/O is answered inside the hook (the fast path); a refused one
+        arrives here, after the CPU has stepped over it, to become the guest's #GP(0)."""
         after = self.cpu.read(EIP)
-        if insn is None or after != (eip + insn.size) & 0xFFFFFFFF:
-            self.guest_crash(f"VMM could not stop at the refused I/O instruction at {eip:#010x} "
-                             f"(the CPU went on to {after:#010x})")
+        if not exit.length or after != (exit.eip + exit.length) & 0xFFFFFFFF:
+            self.crash(f"VMM could not stop at the refused I/O instruction at {exit.eip:#010x} "
+                       f"(the CPU went on to {after:#010x})")
             return
-        self.cpu.write(EIP, eip)
-        self.on_fault(13, eip)
+        self.cpu.write(EIP, exit.eip)
+        self.reflect(Event(GP, EventKind.EXCEPTION, 0, exit.eip), why="port I/O above the IOPL")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class VirtualCpu:
-    cpl: int = 0                 # 0: guest kernel (really ring 1); 3: guest user
+    cpl: int = 0                 # the guest's privilege level (0: its kernel, really ring 1)
     iflag: bool = False
     iopl: int = 0
     cr0: int = 0x11
@@ -27,8 +27,27 @@ class VirtualCpu:
     ldtr: int = 0
     tr: int = 0
     tr_base: int = 0
+    tr_limit: int = 0
     dr: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400])
     msrs: dict[int, int] = field(default_factory=dict)
+    # The instruction count at which an sti / mov ss shadow began, or None: interrupts
+    # are held off until one more instruction has retired.
+    shadow_from: int | None = None
+
+    def control_register(self, n: int) -> int:
+        return (self.cr0, 0, self.cr2, self.cr3, self.cr4)[n]
+
+    def set_control_register(self, n: int, value: int) -> None:
+        if n == 0:
+            self.cr0 = value
+        elif n == 2:
+            self.cr2 = value
+        elif n == 3:
+            self.cr3 = value
+        elif n == 4:
+            self.cr4 = value
+        else:
+            raise ValueError(f"CR{n} is not a control register the CPU has")
 
     def architectural(self) -> dict:
         """The state an equivalence test compares (what the guest could observe at ring 0)."""

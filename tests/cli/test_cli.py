@@ -135,3 +135,16 @@ def test_unreadable_image(tmp_path):
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(path))
         assert_one_line_error(hv("run", path), "cannot read")
+
+
+def test_run_dev_zero_is_one_line_not_a_memory_error():
+    """The gap: `hv run /dev/zero` read until the host ran out of memory (MemoryError). The run
+    gets 4 GiB of address space, so that a regression fails here instead of exhausting the host."""
+    import resource
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    done = subprocess.run([sys.executable, "-m", "hypervisor", "run", "/dev/zero"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit_memory)
+    assert_one_line_error(done, "/dev/zero", "character device")

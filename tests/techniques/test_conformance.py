@@ -3,7 +3,8 @@
 For each guest in guests/: QEMU's console and exit code (run live) must equal hvsim's on the
 same image file under ``native`` byte for byte, and under ``trap`` too — except the sensitive guest, whose differing
 lines must be exactly the sensitive-but-unprivileged instructions (Popek and Goldberg's
-failure on x86), and nothing else.
+failure on x86), and nothing else — and except guests with a ``# hvsim: pages`` line, which turn
+paging on and which trap (no shadow page tables yet) refuses to run.
 """
 from functools import lru_cache
 from pathlib import Path
@@ -45,8 +46,15 @@ def test_native_matches_qemu_byte_for_byte(source, qemu_dir):
     assert result.exit_code == exit_code
 
 
+def pages(source: Path) -> bool:
+    """A guest that turns paging on says so in a `# hvsim: pages` line; trap has no shadow
+    page tables yet, so it refuses such a guest."""
+    return any(line.startswith("# hvsim: pages") for line in source.read_text().splitlines())
+
+
 @pytest.mark.qemu
-@pytest.mark.parametrize("source", [s for s in SOURCES if s.stem != "sensitive"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("source", [s for s in SOURCES if s.stem != "sensitive" and not pages(s)],
+                         ids=lambda p: p.stem)
 def test_trap_matches_qemu_for_every_guest_but_sensitive(source, qemu_dir):
     console, exit_code = qemu_reference(source.stem, qemu_dir)
     result = run_image(Path(qemu_dir) / f"{source.stem}.bin", technique="trap")
@@ -79,7 +87,10 @@ def test_trap_exits_are_the_privileged_instructions():
     assert result.exits["iret"] == 5
     assert result.exits["interrupt_flag"] >= 1
     native = run_image(GUESTS / "timer.S", technique="native")
-    assert "hlt" not in native.exits and "iret" not in native.exits
+    # On the bare machine hlt still returns to the loop (it idles the clock), but cli, sti and
+    # iret run on the CPU: only trap-and-emulate sees them.
+    assert native.exits["hlt"] == 5
+    assert "iret" not in native.exits and "interrupt_flag" not in native.exits
 
 
 @pytest.mark.parametrize("technique", ["native", "trap"])

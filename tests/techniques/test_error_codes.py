@@ -1,4 +1,9 @@
-"""Unicorn does not expose error codes: the monitor derives them from the faulting instruction."""
+"""The selector a far transfer or segment load names, read from the instruction and guest memory.
+
+Unicorn gives the monitor the error code of a fault it raised (``Cpu.exception_error_code``);
+what it does not say is which selector a far jmp/call *would* have loaded when the monitor must
+perform the transfer itself (trap-and-emulate's call gates). ``_loaded_selector`` reads it.
+"""
 import pytest
 
 from hypervisor.machine.cpu import CR0, EAX, ESP
@@ -19,24 +24,25 @@ def monitor():
 
 
 @pytest.mark.parametrize("code, setup, expected", [
-    ("8ed8", {EAX: 0x4B}, 0x48),                     # mov ds, eax: the selector, RPL dropped
+    ("8ed8", {EAX: 0x4B}, 0x4B),                     # mov ds, eax
     ("1f", {ESP: 0x300000}, 0x50),                   # pop ds: the word at [esp]
     ("c518", {EAX: 0x300010}, 0x60),                 # lds ebx, [eax]: the word after the offset
     ("ea000010007000", {}, 0x70),                    # ljmp 0x70:0x100000
     ("ff28", {EAX: 0x300010}, 0x60),                 # ljmp [eax] (m16:32)
-    ("fa", {}, 0),                                   # cli: a #GP with error code 0
+    ("fa", {}, None),                                # cli loads no selector
 ])
-def test_general_protection_error_code_names_the_refused_selector(monitor, code, setup, expected):
+def test_loaded_selector_is_the_one_the_instruction_names(monitor, code, setup, expected):
     mem = monitor.pc.memory
     mem.write(AT, bytes.fromhex(code))
     mem.write(0x300000, (0x50).to_bytes(2, "little"))
     mem.write(0x300014, (0x60).to_bytes(2, "little"))
     for reg, value in setup.items():
         monitor.cpu.write(reg, value)
-    assert decode(bytes.fromhex(code), AT) is not None
-    assert monitor.error_code_for(13, AT) == expected
+    insn = decode(bytes.fromhex(code), AT)
+    assert insn is not None
+    assert monitor._loaded_selector(insn) == expected
 
 
 def test_vectors_without_error_code_get_none(monitor):
-    monitor.pc.memory.write(AT, b"\xf7\xf1")
-    assert monitor.error_code_for(0, AT) is None
+    assert monitor.error_code_for(0) is None
+    assert monitor.error_code_for(6) is None

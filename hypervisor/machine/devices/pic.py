@@ -285,6 +285,21 @@ class PicPair:
         """The CPU's INTR pin."""
         return self.master.intr
 
+    def could_interrupt(self, irq: int) -> bool:
+        """Would a new request on line ``irq`` raise INTR, with masks and in-service
+        priorities as they stand? The run loop asks before it sleeps a halted CPU on a
+        timer: if not, nothing that timer does can ever wake it."""
+        chip, line = (self.master, irq) if irq < 8 else (self.slave, irq - 8)
+        saved = chip.irr
+        chip.irr |= 1 << line
+        try:
+            raised = chip.pending_irq() >= 0
+        finally:
+            chip.irr = saved
+        if not raised or chip is self.master:
+            return raised
+        return self.could_interrupt(CASCADE_IRQ)
+
     def acknowledge(self) -> int:
         """The CPU's interrupt acknowledge cycle: returns the vector and moves the
         request into service (QEMU's pic_read_irq).

@@ -17,8 +17,10 @@ at any instant from the number of input ticks elapsed since:
     ticks = (now_ns - load_ns) * 1193182 // 10**9
 
 Integer arithmetic throughout, so a counter read at a given virtual time is exact and
-the same in every run. The run loop asks ``next_event_ns()`` when channel 0 will next
-raise IRQ0, lets virtual time reach it, and calls ``update()``.
+the same in every run. Channel 0 keeps its next IRQ0 edge armed in the clock's timer
+queue (re-armed on every reprogramming, so a new rate counts from the moment it is
+loaded); the run loop lets virtual time reach the earliest deadline and calls
+``update()``.
 
 Where this differs from QEMU 7.2, and why:
 
@@ -188,6 +190,7 @@ class Pit8254:
     def _schedule(self, ch: PitChannel) -> None:
         tick = next_rising_tick(ch.mode, ch.count, self._seen_tick)
         self._next_ns = None if tick is None else ch.load_ns + ns_for_ticks(tick)
+        self.clock.arm(self, self._next_ns)
 
     def _reload_channel0(self) -> None:
         """A new count (or gate edge) restarts channel 0: OUT takes its initial level

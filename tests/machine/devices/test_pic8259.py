@@ -163,3 +163,79 @@ def test_pic_never_delivers_a_masked_irq(mask, slave_mask, events):
                 assert not mask & 0x04
                 assert not slave_mask & (1 << (irq_seen - 8)) or irq_seen == 15
             eoi(pic, irq_seen)
+
+
+# -- could_interrupt: may a halted CPU sleep on this line? -----------------------------------
+def pic_state(pic):
+    return [(c.irr, c.isr, c.imr, c.intr, c.last_irr) for c in (pic.master, pic.slave)]
+
+
+def test_could_interrupt_is_false_for_a_masked_line_and_true_for_an_unmasked_one():
+    pic = init(PicPair(), mask=0xFE)
+    assert pic.could_interrupt(0)
+    assert not pic.could_interrupt(1)
+    pic.write(0x21, 1, 0xFF)
+    assert not pic.could_interrupt(0)
+
+
+def test_could_interrupt_for_a_slave_line_goes_through_the_cascade():
+    pic = init(PicPair(), mask=0xFB, slave_mask=0xFD)    # master: only IRQ2; slave: only IRQ9
+    assert pic.could_interrupt(9)
+    assert not pic.could_interrupt(10)                   # masked on the slave
+    pic.write(0x21, 1, 0xFF)
+    assert not pic.could_interrupt(9)                    # the cascade itself masked
+    pic.write(0x21, 1, 0x00)
+    pic.write(0xA1, 1, 0xFF)
+    assert not pic.could_interrupt(9)                    # every slave line masked, IRQ2 open
+
+
+def test_could_interrupt_is_blocked_by_an_in_service_irq_of_higher_or_equal_priority():
+    pic = init(PicPair())
+    pic.pulse_irq(1)
+    assert pic.acknowledge() == 0x21                     # IRQ1 in service, no EOI yet
+    assert pic.could_interrupt(0)                        # more urgent: nests
+    assert not pic.could_interrupt(1)
+    assert not pic.could_interrupt(3)
+    assert not pic.could_interrupt(9)                    # behind IRQ2, less urgent than IRQ1
+    eoi(pic, 1)
+    assert pic.could_interrupt(3) and pic.could_interrupt(9)
+
+
+def test_could_interrupt_for_a_slave_line_is_blocked_while_the_cascade_is_in_service():
+    pic = init(PicPair())
+    pic.pulse_irq(12)
+    assert pic.acknowledge() == 0x2C                     # IRQ12: master IRQ2 and slave IRQ4 in service
+    assert not pic.could_interrupt(10)
+    assert pic.could_interrupt(0)
+    eoi(pic, 12)
+    assert pic.could_interrupt(10)
+
+
+def test_could_interrupt_changes_nothing():
+    pic = init(PicPair(), mask=0xFA, slave_mask=0xF0)
+    pic.pulse_irq(1)
+    pic.acknowledge()
+    before = pic_state(pic)
+    for irq in range(16):
+        pic.could_interrupt(irq)
+    assert pic_state(pic) == before
+
+
+@given(mask=st.integers(0, 0xFF), slave_mask=st.integers(0, 0xFF),
+       in_service=st.lists(st.integers(0, 15), max_size=4), irq=st.integers(0, 15))
+def test_could_interrupt_says_whether_a_request_on_the_line_would_raise_intr(mask, slave_mask, in_service, irq):
+    import copy
+    pic = init(PicPair())
+    for line in in_service:               # put some requests in service, no EOI
+        pic.pulse_irq(line)
+        if pic.has_interrupt():
+            pic.acknowledge()
+    while pic.has_interrupt():            # nothing left pending: only the new request counts
+        pic.acknowledge()
+    pic.write(0x21, 1, mask)
+    pic.write(0xA1, 1, slave_mask)
+    if pic.has_interrupt() or pic.master.irr or pic.slave.irr:
+        return
+    trial = copy.deepcopy(pic)
+    trial.pulse_irq(irq)
+    assert pic.could_interrupt(irq) == trial.has_interrupt()
