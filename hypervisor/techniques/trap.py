@@ -124,6 +124,7 @@ class TrapAndEmulate(Monitor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.vcpu = VirtualCpu()
+        self.stub_entries = 0            # iretd stubs queued in this slice (they run on the guest's counter)
         self._gdt_frames: set[int] = set()
         self._shadow_entries = 0
         self.monitor_memory = self.pc.map_monitor(MONITOR_BASE, MONITOR_SIZE)
@@ -345,8 +346,14 @@ class TrapAndEmulate(Monitor):
         cpu.write(EIP, IRET_STUB)
         self.stub_entries += 1
 
-    def stub_pending(self) -> bool:
-        return self.stub_entries > 0 and self.cpu.read(EIP) == IRET_STUB
+    def monitor_instructions(self) -> int:
+        """The iretd stubs that have run in this slice (one queued may not have run yet)."""
+        if not self.stub_entries:
+            return 0
+        return self.stub_entries - (1 if self.cpu.read(EIP) == IRET_STUB else 0)
+
+    def after_slice(self, ran: int) -> None:
+        self.stub_entries = 1 if self.stub_entries and self.cpu.read(EIP) == IRET_STUB else 0
 
     # -- traps -------------------------------------------------------------------------------
     def handle_exception(self, exit: Exit) -> None:

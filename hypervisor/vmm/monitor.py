@@ -104,7 +104,6 @@ class Monitor:
         self.stats = ExitStats()
         self.max_instructions = max_instructions
         self.instructions = 0            # guest instructions retired
-        self.stub_entries = 0            # monitor-stub instructions queued, not guest work
         self.state = VcpuState.RUNNING
         self.slice_exit: Exit | None = None   # what a hook asked the loop to handle
         self._poll_slice = POLL_FIRST
@@ -281,24 +280,18 @@ class Monitor:
             self.stop_slice(None)
 
     def _account(self, budget: int) -> int:
-        """Add the slice's guest instructions to the count and the virtual clock.
-
-        The monitor's own stub instructions (an ``iretd`` that enters the guest) ran on
-        the same counter; they are not the guest's work, so they are taken off.
-        """
-        executed = self.cpu.executed(budget)
+        """Add the slice's guest instructions to the count and the virtual clock."""
+        guest = max(0, self.cpu.executed(budget) - self.monitor_instructions())
         self._slice_budget = 0
         self._slice_end_ns = None
-        stubs = self.stub_entries - (1 if self.stub_pending() else 0)
-        self.stub_entries -= stubs
-        guest = max(0, executed - stubs)
         self.instructions += guest
         self.pc.clock.advance(guest * NS_PER_INSTRUCTION)
         return guest
 
-    def stub_pending(self) -> bool:
-        """True when the CPU is parked on a monitor stub that has not run yet."""
-        return False
+    def monitor_instructions(self) -> int:
+        """Instructions of the monitor's own that ran on the guest's counter in this slice
+        (a stub that enters the guest): not the guest's work, so not counted as it."""
+        return 0
 
     def stop_slice(self, exit: Exit | None) -> None:
         """From a hook: end the running slice and have the loop dispatch ``exit`` (by
@@ -531,8 +524,7 @@ class Monitor:
         will count them (the monitor's stub instructions are not the guest's)."""
         if not self._slice_budget:
             return self.instructions
-        stubs = self.stub_entries - (1 if self.stub_pending() else 0)
-        return self.instructions + max(0, self.cpu.executed(self._slice_budget) - stubs)
+        return self.instructions + max(0, self.cpu.executed(self._slice_budget) - self.monitor_instructions())
 
     # == the hooks =========================================================================
     def _hook_intr(self, uc, intno: int, _):
