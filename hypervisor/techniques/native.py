@@ -20,7 +20,7 @@ Two things the hardware would do that Unicorn does not, and so this file must:
 """
 from __future__ import annotations
 
-from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, ECX, EDX, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ESP,
+from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ESP,
                            GDTR, IDTR, LDTR, SS, TR)
 from ..machine.descriptors import Descriptor
 from ..machine.faults import GuestFault
@@ -28,7 +28,7 @@ from ..machine.interrupts import GP, CpuFrame, table_descriptor
 from ..memory.walker import GuestAddressSpace, Paging
 from ..vmm.emulate import MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP
 from ..vmm.exits import Exit, ExitReason
-from ..vmm.monitor import Event, EventKind, Monitor
+from ..vmm.monitor import Monitor
 
 EFLAGS_VM, EFLAGS_RF = 1 << 17, 1 << 16
 

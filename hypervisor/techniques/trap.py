@@ -50,7 +50,7 @@ import struct
 from ..errors import UnsupportedGuest
 from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, DS, ECX, EDX, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ES, ESP, FS,
                            GDTR, GPR_BY_NAME, GS, IDTR, SS, TR, WIDE_NAME)
-from ..machine.descriptors import (CALL_GATE32, TSS32_AVAILABLE, TSS32_BUSY, Descriptor, decode_descriptor, encode_segment,
+from ..machine.descriptors import (CALL_GATE32, TSS32_AVAILABLE, Descriptor, decode_descriptor, encode_segment,
                                    unicorn_flags, with_dpl, with_present)
 from ..machine.faults import BusError, GuestFault
 from ..machine.interrupts import (GP, NP, SS_FAULT, CpuFrame, DeliveryFault, table_descriptor,
@@ -76,6 +76,8 @@ GDT_LIMIT = 0xFFFF
 GUEST_ENTRIES = MON_CS // 8
 # The real ring each guest ring runs in: the kernel is compressed into ring 1.
 REAL_RING = (1, 1, 2, 3)
+TASK_SWITCH_TYPES = frozenset({0x1, 0x3, 0x5, 0x9, 0xB})   # TSSs and the task gate
+CALL_GATE16 = 0x4
 ACCESSED = 1 << 40       # set in every shadow descriptor, so the CPU never writes the shadow
 
 
@@ -415,11 +417,13 @@ class TrapAndEmulate(Monitor):
             return False
         if not d.system:
             return False
-        if d.type != CALL_GATE32:
-            kind = "a task switch" if d.type in (TSS32_AVAILABLE, TSS32_BUSY, 0x1, 0x3, 0x5) else "a 16-bit gate"
+        if d.type in TASK_SWITCH_TYPES or d.type == CALL_GATE16:
+            kind = "a task switch" if d.type in TASK_SWITCH_TYPES else "a 16-bit call gate"
             self.crash(f"{insn.text} at {exit.eip:#010x} is {kind} through selector {selector:#x}; "
                        f"trap-and-emulate does not model task switches or 16-bit gates")
             return True
+        if d.type != CALL_GATE32:
+            raise GuestFault(GP, selector & 0xFFFC, why=f"{insn.text}: selector {selector:#x} is no gate or TSS")
         call = insn.mnemonic in ("lcall", "call")
         at = self.current_frame((exit.eip + insn.size) & 0xFFFFFFFF)
         try:

@@ -37,7 +37,7 @@ from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL,
 from ..errors import HvError
 from ..machine.cpu import EAX, EIP, ESP, SEG_BY_NAME
 from ..machine.faults import BusError, GuestFault
-from ..machine.interrupts import (EXCEPTION_NAMES, GP, NP, PF, SS_FAULT, TS, UD, VECTORS_WITH_ERROR_CODE,
+from ..machine.interrupts import (EXCEPTION_NAMES, GP, PF, UD, VECTORS_WITH_ERROR_CODE,
                                   CpuFrame, DeliveryFault, EventKind, TripleFault,
                                   deliver_with_escalation)
 from ..machine.devices.pit import PIT_IRQ
