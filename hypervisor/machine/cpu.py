@@ -38,16 +38,20 @@ pins each point so that a library upgrade that changes one is caught):
 * ``sysenter`` and ``syscall`` only call UC_HOOK_INSN hooks (EIP on the instruction) and
   then add the instruction's length to EIP, at every CPL, whatever the MSRs and EFER say:
   a hook that writes EIP gets 2 bytes added to its value. ``sysexit`` and ``sysret`` are
-  QEMU's own (#GP at CPL > 0; sysret is #UD with EFER.SCE clear, through
-  UC_HOOK_INSN_INVALID) and have no hook. qemu-system-i386 differs: sysenter enters ring
-  0 through the MSRs (#GP(0) when SYSENTER_CS is 0), syscall and sysret are always #UD.
+  QEMU's own and cannot be hooked: sysexit is #GP(0) unless CPL 0 with SYSENTER_CS set;
+  sysret is #UD with EFER.SCE clear (to UC_HOOK_INSN_INVALID), else #GP(0) above CPL 0.
+  qemu-system-i386 differs: sysenter enters ring 0 through the MSRs (#GP(0) when
+  SYSENTER_CS is 0), syscall and sysret are always #UD.
 * A UC_HOOK_MEM_WRITE_PROT hook sees the physical address, size (1-8: wider stores come
   in 8-byte pieces) and value (signed in the Python binding) with EIP on the instruction.
-  Returning True completes the instruction (flags, ESP, a ``rep``'s ECX/EDI) but drops
-  the store itself; the monitor writes the value into the frame and the store has
-  happened (~0.65 µs per trapped store). Returning False stops emu_start with
-  UC_ERR_WRITE_PROT, EIP on the instruction and nothing of it done: restartable.
-  The page walker's accessed/dirty-bit writes to a protected page are dropped silently.
+  On a page write-protected with ``mem_protect`` (also part of a ``mem_map_ptr`` region,
+  which splits and stays over the same host memory), returning True completes the
+  instruction (flags, ESP, a ``rep``'s ECX/EDI) but drops the store itself: the monitor
+  writes the value into the frame and the store has happened (~0.65 µs per trapped store
+  with a minimal hook). Where ``mem_map_ptr`` itself gave read-only, the store lands.
+  Returning False stops emu_start with UC_ERR_WRITE_PROT, EIP on the instruction and
+  nothing of it done: restartable. The page walker's accessed/dirty-bit writes to a
+  protected page are dropped silently, with no hook.
 * ``emu_stop`` from a UC_HOOK_BLOCK hook stops *before* that block runs (EIP = its start).
 """
 from __future__ import annotations
@@ -370,8 +374,9 @@ class Cpu:
         """True while the instruction after ``sti``, ``mov ss`` or ``pop ss`` has not run.
 
         QEMU's rule, which the reference machine follows: every ``sti`` opens a shadow (even
-        with IF already set), ``mov ss``/``pop ss`` too, except one executed inside a shadow;
-        an exception in the shadowed instruction leaves it set (see clear_interrupt_shadow).
+        with IF already set), and so do ``mov ss`` and ``pop ss``; any of the three executed
+        inside a shadow ends it instead. An exception in the shadowed instruction leaves
+        the shadow set (see clear_interrupt_shadow).
         """
         return bool(self._hflags.value & HF_INHIBIT_IRQ_MASK)
 

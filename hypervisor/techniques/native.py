@@ -20,7 +20,7 @@ Two things the hardware would do that Unicorn does not, and so this file must:
 """
 from __future__ import annotations
 
-from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ESP,
+from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, EFLAGS, CpuError, EFLAGS_IF, EFLAGS_IOPL, EIP, ESP,
                            GDTR, IDTR, LDTR, SS, TR)
 from ..machine.descriptors import Descriptor
 from ..machine.faults import GuestFault
@@ -39,7 +39,7 @@ class RealView:
     def __init__(self, native: "Native"):
         cpu = native.cpu
         self.space = native.space
-        self.cpl = cpu.read(CS) & 3
+        self.cpl = cpu.cpl
         self.idt_base, self.idt_limit = cpu.table_register(IDTR)
         self.gdt_base, self.gdt_limit = cpu.table_register(GDTR)
         self._cpu = cpu
@@ -102,7 +102,7 @@ class Native(Monitor):
                 self.slice_exit = Exit(ExitReason.INTERRUPT_WINDOW, self.cpu.read(EIP))
 
     def io_permitted(self) -> bool:
-        cpl = self.cpu.read(CS) & 3
+        cpl = self.cpu.cpl
         return cpl == 0 or cpl <= (self.cpu.read(EFLAGS) & EFLAGS_IOPL) >> 12
 
     def set_fault_address(self, cr2: int) -> None:
@@ -140,10 +140,16 @@ class Native(Monitor):
         self.record(ExitReason.SYSTEM_CALL, exit.eip, "sysenter",
                     "sysenter: Unicorn runs it as a no-op, so the monitor enters SYSENTER_CS:SYSENTER_EIP", insn)
         cpu.write(EFLAGS, cpu.read(EFLAGS) & ~(EFLAGS_VM | EFLAGS_IF | EFLAGS_RF))
-        if cpu.read(CS) & 3:
-            cpu.enter_ring0(cs, cs + 8)
-        else:
-            cpu.write(SS, cs + 8)
-            cpu.write(CS, cs)
+        # QEMU loads fixed flat ring-0 caches without reading the GDT; Unicorn can only load a
+        # selector from the GDT, so SYSENTER_CS must name flat code and data there, as every OS has it.
+        try:
+            if cpu.cpl:
+                cpu.enter_ring0(cs, cs + 8)
+            elif not (cpu.try_write(SS, cs + 8) and cpu.try_write(CS, cs)):
+                raise CpuError("refused")
+        except CpuError:
+            self.crash(f"sysenter with SYSENTER_CS {cs:#x}, whose GDT entries are not ring-0 code and "
+                       f"data: QEMU loads flat segments without the GDT, which hvsim cannot do")
+            return
         cpu.write(ESP, msrs[MSR_SYSENTER_ESP] & 0xFFFFFFFF)
         cpu.write(EIP, msrs[MSR_SYSENTER_EIP] & 0xFFFFFFFF)
