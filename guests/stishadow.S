@@ -129,7 +129,7 @@ s3_after:
     ret
 
 # Wait until the transmitter is empty, then enable its interrupt: IRQ4 rises at once. With IF=0
-# it stays pending in the PIC. Returns EAX = the master's IRR (read with OCW3 0x0a).
+# it stays pending in the PIC. Returns EAX = IRQ4's bit of the master's IRR (OCW3 0x0a).
 s_raise_irq4:
     push edx
 s_raise_wait:
@@ -144,6 +144,7 @@ s_raise_wait:
     out 0x20, al
     in al, 0x20
     movzx eax, al
+    and eax, 0x10                       # IRQ4's bit only: a BIOS-rate IRQ0 edge may be latched too
     pop edx
     ret
 
@@ -199,7 +200,7 @@ s_irr:        .long 0
 s_db_count:   .long 0
 s_db_eip:     .long 0xffffffff
 s_name:       .asciz "stishadow\n"
-s_irr_msg:    .asciz "PIC IRR with IRQ4 raised, IF=0: "
+s_irr_msg:    .asciz "PIC IRR bit 4 with IRQ4 raised, IF=0: "
 s_count_msg:  .asciz "sti; mov [marker], 1: IRQ4 handler runs: "
 s_marker_msg: .asciz "sti; mov [marker], 1: marker seen by the handler: "
 s_eip1_msg:   .asciz "sti; mov [marker], 1: frame EIP - after the mov: "
