@@ -44,7 +44,7 @@ EFLAGS_VM = 1 << 17
 
 class EventKind(enum.Enum):
     EXCEPTION = "exception"     # raised by the CPU: no DPL check, maybe an error code
-    EXTERNAL = "external"       # from the PIC: no DPL check, EXT bit in error codes
+    EXTERNAL = "external"       # from the PIC: no DPL check (QEMU 7.2 sets no EXT bit in error codes)
     SOFTWARE = "software"       # int n / int3 / into: gate DPL must be >= CPL
 
 
@@ -129,7 +129,7 @@ def deliver(view: DeliveryView, vector: int, kind: EventKind, error_code: int | 
 
 def _deliver(view: DeliveryView, vector: int, kind: EventKind, error_code: int | None,
              at: CpuFrame) -> Delivered:
-    ext = 1 if kind is EventKind.EXTERNAL else 0
+    ext = 0            # the SDM's EXT bit: QEMU 7.2, the referee, never sets it
     gate = _gate(view, vector, ext)
     if kind is EventKind.SOFTWARE and gate.dpl < view.cpl:
         raise DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} at CPL {view.cpl} through a DPL-{gate.dpl} gate")
@@ -187,28 +187,29 @@ def deliver_with_escalation(view: DeliveryView, vector: int, kind: EventKind,
     Returns what was delivered and a list of notes (why an escalation happened), for traces.
     """
     notes: list[str] = []
-    try:
-        return deliver(view, vector, kind, error_code, at), notes
-    except DeliveryFault as first:
-        notes.append(f"delivering vector {vector} faulted: {first.why}")
-        double = (vector == DF or (vector in CONTRIBUTORY and first.vector in CONTRIBUTORY)
-                  or (vector == PF and first.vector in CONTRIBUTORY | {PF}))
-        if vector == DF:
-            raise TripleFault(f"triple fault: {first.why}") from None
-        next_vector, next_error = (DF, 0) if double else (first.vector, first.error_code)
-        if fault_eip is not None:
-            at = CpuFrame(fault_eip, at.cs, at.eflags, at.esp, at.ss)
+    cr2 = None
+    for _ in range(3):
         try:
-            delivered = deliver(view, next_vector, EventKind.EXCEPTION, next_error, at)
-            return (replace(delivered, cr2=first.cr2) if next_vector == PF else delivered), notes
-        except DeliveryFault as second:
-            notes.append(f"delivering vector {next_vector} faulted: {second.why}")
-            if next_vector == DF:
-                raise TripleFault(f"triple fault: {second.why}") from None
-            try:
-                return deliver(view, DF, EventKind.EXCEPTION, 0, at), notes
-            except DeliveryFault as third:
-                raise TripleFault(f"triple fault: {third.why}") from None
+            delivered = deliver(view, vector, kind, error_code, at)
+            return (replace(delivered, cr2=cr2) if cr2 is not None else delivered), notes
+        except DeliveryFault as fault:
+            notes.append(f"delivering vector {vector} faulted: {fault.why}")
+            if vector == DF:
+                raise TripleFault(f"triple fault: {fault.why}") from None
+            if fault.vector == PF:
+                cr2 = fault.cr2          # the CPU sets CR2 as it detects the #PF, #DF or not
+            # SDM Table 6-5, on the pair: the event being delivered, the fault it met.
+            first = vector if kind is EventKind.EXCEPTION else None
+            double = ((first in CONTRIBUTORY and fault.vector in CONTRIBUTORY)
+                      or (first == PF and fault.vector in CONTRIBUTORY | {PF}))
+            vector, error_code = (DF, 0) if double else (fault.vector, fault.error_code)
+            kind = EventKind.EXCEPTION
+            if fault_eip is not None:
+                at = CpuFrame(fault_eip, at.cs, at.eflags, at.esp, at.ss)
+    try:
+        return deliver(view, DF, EventKind.EXCEPTION, 0, at), notes
+    except DeliveryFault as fault:
+        raise TripleFault(f"triple fault: {fault.why}") from None
 
 
 def through_call_gate(view: DeliveryView, gate_selector: int, at: CpuFrame, call: bool) -> Delivered:
