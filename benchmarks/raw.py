@@ -67,7 +67,8 @@ def run_raw(image: bytes, memory_mib: int = 64, count: int = 0) -> RawResult:
     uc.reg_write(X.UC_X86_REG_ESP, 0x7000)
 
     console = bytearray()
-    state = {"scratch": 0, "dlab": 0, "exit": None}
+    state = {"scratch": 0, "dlab": 0, "exit": None, "stopped_at": None}
+    counter = ctypes.c_uint64.from_address(uc._uch.value + _private_offsets()[0])
 
     def on_in(uc, port, size, _):
         if port == COM1_SCRATCH:
@@ -84,6 +85,7 @@ def run_raw(image: bytes, memory_mib: int = 64, count: int = 0) -> RawResult:
             state["dlab"] = value & 0x80
         elif port == DEBUG_EXIT:
             state["exit"] = value
+            state["stopped_at"] = counter.value      # as Cpu.stop: the count at the stop request
             uc.emu_stop()
 
     uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN)
@@ -99,8 +101,7 @@ def run_raw(image: bytes, memory_mib: int = 64, count: int = 0) -> RawResult:
 
     instructions = None
     if count:
-        counter = ctypes.c_uint64.from_address(uc._uch.value + _private_offsets()[0]).value
-        instructions = min(counter, count)
+        instructions = min(counter.value, count, state["stopped_at"] or count)
     if state["exit"] is not None:
         reason = f"guest wrote {state['exit']:#x} to isa-debug-exit"
     elif reason == "stopped":

@@ -302,6 +302,7 @@ class Cpu:
         env = _env_at(self.uc, layout.cpu_pointer, layout.cpu_env)
         if env is None:
             raise CpuError("this CPU's state is not where the probe found it")
+        self._stopped_at: int | None = None
         self._hflags = ctypes.c_uint32.from_address(env + layout.hflags)
         self._error_code = ctypes.c_int32.from_address(env + layout.error_code)
         self._old_exception = ctypes.c_int32.from_address(env + layout.old_exception)
@@ -351,13 +352,31 @@ class Cpu:
         return self._hflags.value & HF_CPL_MASK
 
     # -- the instruction counter ------------------------------------------------------
+    def run(self, eip: int, until: int, count: int) -> None:
+        """``emu_start`` for exactly ``count`` instructions at most (see ``executed``)."""
+        self._stopped_at = None
+        self.uc.emu_start(eip, until, count=count)
+
+    def stop(self) -> None:
+        """``emu_stop`` from a hook, remembering how many instructions had run.
+
+        Unicorn notices the stop at the next instruction's exit check, which comes after
+        that instruction has already bumped the counter: without this, every stop from a
+        port-I/O hook would count one instruction that never ran.
+        """
+        if self._stopped_at is None:
+            self._stopped_at = self._counter.value
+        self.uc.emu_stop()
+
     def executed(self, count: int) -> int:
-        """Instructions executed by the last ``emu_start(count=count)``.
+        """Instructions executed by the last ``run(count=count)``.
 
         The counter is bumped before each instruction runs; when the budget stops the
-        CPU it has been bumped once more for the instruction that did not run.
+        CPU it has been bumped once more for the instruction that did not run, and a stop
+        asked from a hook may have bumped it for the next one (``stop``).
         """
-        return min(self._counter.value, count)
+        done = min(self._counter.value, count)
+        return done if self._stopped_at is None else min(done, self._stopped_at)
 
     # -- exceptions and the interrupt shadow ------------------------------------------------
     def exception_error_code(self) -> int:

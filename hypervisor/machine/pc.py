@@ -74,7 +74,7 @@ class PC:
         if self.outcome.halted_reason is None:
             self.outcome.halted_reason = reason
         self.stop_requested = reason
-        self.cpu.uc.emu_stop()
+        self.cpu.stop()
 
     # -- write protection -----------------------------------------------------------
     def protect_frames(self, pfns, on: bool) -> None:

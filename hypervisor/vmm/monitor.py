@@ -252,7 +252,7 @@ class Monitor:
         self._slice_end_ns = pc.clock.now + budget * NS_PER_INSTRUCTION
         pc.clock.run_slice(self._slice_ns)
         try:
-            cpu.uc.emu_start(eip, UNTIL_NEVER, count=budget)
+            cpu.run(eip, UNTIL_NEVER, budget)
             error = None
         except UcError as e:
             error = e
@@ -300,7 +300,7 @@ class Monitor:
             self.slice_exit = exit
         elif self.slice_exit is None:
             self.slice_exit = Exit(ExitReason.PREEMPTION_TIMER)
-        self.cpu.uc.emu_stop()
+        self.cpu.stop()
 
     def service_timers(self) -> None:
         """Bring every device whose deadline has come up to the present."""
