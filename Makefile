@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: setup run test bench fuzz qemu clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py hypervisor/machine/native/ifwatch.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -42,4 +42,4 @@ fuzz: $(STAMP)
 	$(BIN)/python -m hypervisor.fuzz --count $(FUZZ_COUNT) --seed $(FUZZ_SEED) --workers 2
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info hypervisor/machine/native/*.so
