@@ -119,6 +119,7 @@ class PrivateLayout:
     hflags: int           # env: hflags (u32, HF_* bits)
     error_code: int       # env: error_code (i32), set by every exception QEMU raises
     old_exception: int    # env: old_exception (i32), -1 when no exception is in flight
+    eflags: int           # env: eflags (u32 low half), where QEMU keeps IF, IOPL, TF (not the arithmetic flags)
 
 
 @lru_cache(maxsize=None)
@@ -136,7 +137,23 @@ def private_layout() -> PrivateLayout:
     cpu_pointer, cpu_env, context_env = _probe_env(uc)
     hflags = _probe_hflags(uc, context_env)
     error_code, old_exception = _probe_faults(uc, context_env, hflags)
-    return PrivateLayout(counter, cpu_pointer, cpu_env, context_env, hflags, error_code, old_exception)
+    eflags = _probe_eflags(uc, context_env)
+    return PrivateLayout(counter, cpu_pointer, cpu_env, context_env, hflags, error_code, old_exception, eflags)
+
+
+def _probe_eflags(uc: Uc, context_env: int) -> int:
+    """env->eflags: write EFLAGS with IF and IOPL in three patterns; one word follows them."""
+    patterns = (0x2, 0x202, 0x3002)
+    states = []
+    for value in patterns:
+        uc.reg_write(EFLAGS, value)
+        states.append(_context_bytes(uc.context_save())[context_env:])
+    u32 = struct.Struct("<I").unpack_from
+    found = [o for o in range(0, 0x400, 4)
+             if all(u32(state, o)[0] & 0x3200 == value & 0x3200 for state, value in zip(states, patterns))]
+    if len(found) != 1:
+        raise CpuError(f"cannot locate eflags in the CPU state (candidates {found})")
+    return found[0]
 
 
 def _private_offsets() -> tuple[int, int]:
@@ -304,6 +321,7 @@ class Cpu:
             raise CpuError("this CPU's state is not where the probe found it")
         self._stopped_at: int | None = None
         self._hflags = ctypes.c_uint32.from_address(env + layout.hflags)
+        self.eflags_address = env + layout.eflags       # where IF lives, for the native block hook
         self._error_code = ctypes.c_int32.from_address(env + layout.error_code)
         self._old_exception = ctypes.c_int32.from_address(env + layout.old_exception)
 

@@ -637,3 +637,11 @@ def test_sti_mov_ss_and_pop_ss_end_a_block_and_the_shadowed_instruction_is_one_a
     cpu.uc.hook_add(UC_HOOK_BLOCK, lambda uc, address, size, _: blocks.append((address - CODE, size)))
     cpu.uc.emu_start(CODE, CODE + len(code))
     assert blocks == [(0x0, 6), (0x6, 1), (0x7, 4), (0xB, 1), (0xC, 5), (0x11, 1), (0x12, 2)]
+
+
+def test_eflags_address_is_where_the_live_cpu_keeps_if_and_iopl():
+    cpu = Cpu()
+    word = ctypes.c_uint32.from_address(cpu.eflags_address)
+    for value in (0x2, 0x202, 0x3202, 0x2002):
+        cpu.write(EFLAGS, value)
+        assert word.value & 0x3200 == value & 0x3200

@@ -28,6 +28,7 @@ struct watch {
     int32_t pad;
     uc_reg_read_fn reg_read;
     uc_emu_stop_fn emu_stop;
+    const volatile uint32_t *eflags_at;  /* QEMU's env->eflags, where IF lives; NULL: ask reg_read */
 };
 
 #define EFLAGS_IF (1u << 9)
@@ -41,7 +42,11 @@ void hv_ifwatch_block(void *uc, uint64_t address, uint32_t size, void *user_data
     (void)size;
     if (!w->armed)
         return;
-    if (w->reg_read(uc, w->eflags_regid, &eflags) != 0 || !(eflags & EFLAGS_IF))
+    if (w->eflags_at != 0)
+        eflags = *w->eflags_at;     /* IF is never lazy in QEMU: one load, no flag computation */
+    else if (w->reg_read(uc, w->eflags_regid, &eflags) != 0)
+        return;
+    if (!(eflags & EFLAGS_IF))
         return;
     /* One shot: the monitor delivers the interrupt and re-arms if another waits. The
      * stop is taken before the block's first instruction runs (the hook is emitted ahead

@@ -53,6 +53,7 @@ class _Watch(ctypes.Structure):
         ("pad", ctypes.c_int32),
         ("reg_read", ctypes.c_void_p),
         ("emu_stop", ctypes.c_void_p),
+        ("eflags_at", ctypes.c_void_p),
     ]
 
 
@@ -131,6 +132,7 @@ class InterruptWindowWatch:
         if self.native:
             self._watch.reg_read = ctypes.cast(_uc.uc_reg_read, ctypes.c_void_p).value
             self._watch.emu_stop = ctypes.cast(_uc.uc_emu_stop, ctypes.c_void_p).value
+            self._watch.eflags_at = getattr(cpu, "eflags_address", None)
             handle = ctypes.c_size_t()
             err = _uc.uc_hook_add(cpu._handle, ctypes.byref(handle), UC_HOOK_BLOCK, callback.address,
                                   ctypes.addressof(self._watch), 1, 0)

@@ -200,3 +200,11 @@ def test_asking_for_the_c_callback_when_it_is_missing_is_an_error(monkeypatch):
     monkeypatch.setattr(ifwatch, "load_native", lambda: None)
     with pytest.raises(OSError):
         InterruptWindowWatch(ring0_cpu(HLT), native=True)
+
+
+def test_the_native_hook_reads_if_straight_from_the_cpu_state_when_cpu_knows_where():
+    cpu = Cpu()
+    watch = InterruptWindowWatch(cpu)
+    if not watch.native:
+        pytest.skip("the C hook is not built here")
+    assert watch._watch.eflags_at == cpu.eflags_address
