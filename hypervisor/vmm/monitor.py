@@ -163,9 +163,6 @@ class Monitor:
     def set_fault_address(self, cr2: int) -> None:
         """Record a #PF's linear address in the guest's CR2."""
 
-    def before_slice(self) -> None:
-        """Last chance to arrange the CPU before guest code runs."""
-
     def after_slice(self, ran: int) -> None:
         """``ran`` guest instructions have retired in the slice just ended."""
 
@@ -242,9 +239,6 @@ class Monitor:
 
     def _execute(self, budget: int, reason: ExitReason) -> Exit | None:
         pc, cpu = self.pc, self.cpu
-        self.before_slice()
-        if pc.outcome.halted_reason is not None:
-            return None
         pc.stop_requested = None
         self.slice_exit = None
         eip = cpu.read(EIP)
