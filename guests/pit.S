@@ -22,24 +22,8 @@ LATCH_POLLS = 0xc350                    # 50000 latched reads at most
 main:
     mov esi, p_name
     call puts
-    mov al, 0x11                        # ICW1: edge triggered, cascade, ICW4 follows
-    out 0x20, al
-    out 0xa0, al
-    mov al, 0x20                        # ICW2: master vectors 0x20-0x27
-    out 0x21, al
-    mov al, 0x28                        # ICW2: slave vectors 0x28-0x2f
-    out 0xa1, al
-    mov al, 0x04
-    out 0x21, al
-    mov al, 0x02
-    out 0xa1, al
-    mov al, 0x01
-    out 0x21, al
-    out 0xa1, al
-    mov al, 0xfe                        # OCW1: only IRQ0
-    out 0x21, al
-    mov al, 0xff
-    out 0xa1, al
+    mov al, 0xfe                        # master mask: only IRQ0
+    call pic_remap
     mov eax, 0x20
     mov ebx, p_irq0
     mov cl, 0x8e

@@ -259,3 +259,30 @@ rt_kstack_top:
 rt_stack:
     .fill 8192, 1, 0
 rt_stack_top:
+
+# (placed after the data, so that adding it moved no table a guest prints the address of)
+# pic_remap: initialise both 8259As, master at vectors 0x20-0x27, slave at 0x28-0x2f (the BIOS
+# leaves them at 0x08 and 0x70); AL = the master's mask, the slave fully masked. Preserves EAX.
+pic_remap:
+    push eax
+    mov al, 0x11                        # ICW1: edge triggered, cascade, ICW4 follows
+    out 0x20, al
+    out 0xa0, al
+    mov al, 0x20                        # ICW2: master vectors 0x20-0x27
+    out 0x21, al
+    mov al, 0x28                        # ICW2: slave vectors 0x28-0x2f
+    out 0xa1, al
+    mov al, 0x04                        # ICW3: slave on master's IRQ2
+    out 0x21, al
+    mov al, 0x02                        # ICW3: slave's cascade identity
+    out 0xa1, al
+    mov al, 0x01                        # ICW4: 8086 mode, normal EOI
+    out 0x21, al
+    out 0xa1, al
+    pop eax
+    out 0x21, al                        # OCW1: the master's mask from AL
+    push eax
+    mov al, 0xff                        # OCW1: the slave fully masked
+    out 0xa1, al
+    pop eax
+    ret

@@ -23,24 +23,8 @@ COM1_LSR = 0x3fd
 main:
     mov esi, s_name
     call puts
-    mov al, 0x11                        # ICW1: edge triggered, cascade, ICW4 follows
-    out 0x20, al
-    out 0xa0, al
-    mov al, 0x20                        # ICW2: master vectors 0x20-0x27
-    out 0x21, al
-    mov al, 0x28                        # ICW2: slave vectors 0x28-0x2f
-    out 0xa1, al
-    mov al, 0x04
-    out 0x21, al
-    mov al, 0x02
-    out 0xa1, al
-    mov al, 0x01
-    out 0x21, al
-    out 0xa1, al
-    mov al, 0xef                        # OCW1: only IRQ4 (COM1)
-    out 0x21, al
-    mov al, 0xff
-    out 0xa1, al
+    mov al, 0xef                        # master mask: only IRQ4 (COM1)
+    call pic_remap
 
     mov eax, 0x24
     mov ebx, s_irq4

@@ -14,24 +14,8 @@ PIT_DIVISOR = 11932                     # 1193182 Hz / 100
 main:
     mov esi, t_name
     call puts
-    mov al, 0x11                        # ICW1: edge triggered, cascade, ICW4 follows
-    out 0x20, al
-    out 0xa0, al
-    mov al, 0x20                        # ICW2: master vectors 0x20-0x27
-    out 0x21, al
-    mov al, 0x28                        # ICW2: slave vectors 0x28-0x2f
-    out 0xa1, al
-    mov al, 0x04                        # ICW3: slave on master's IRQ2
-    out 0x21, al
-    mov al, 0x02                        # ICW3: slave's cascade identity
-    out 0xa1, al
-    mov al, 0x01                        # ICW4: 8086 mode, normal EOI
-    out 0x21, al
-    out 0xa1, al
-    mov al, 0xfe                        # OCW1: only IRQ0
-    out 0x21, al
-    mov al, 0xff
-    out 0xa1, al
+    mov al, 0xfe                        # master mask: only IRQ0
+    call pic_remap
 
     mov eax, 0x20
     mov ebx, t_irq0
