@@ -118,14 +118,18 @@ class Native(Monitor):
     def enter_handler(self, frame: CpuFrame, handler_cpl: int) -> None:
         cpu = self.cpu
         cpu.clear_interrupt_shadow()          # delivering an event ends any sti/mov-ss shadow
-        if handler_cpl == 0 and cpu.read(CS) & 3:
-            cpu.enter_ring0(frame.cs, frame.ss)
-        else:
-            if handler_cpl != cpu.read(CS) & 3:
-                self.crash(f"delivery to a ring-{handler_cpl} handler is not modelled under native")
+        cpl = cpu.cpl                         # QEMU's own CPL: CS.RPL can disagree mid-transfer
+        same_ring = handler_cpl == cpl and cpu.try_write(SS, frame.ss) and cpu.try_write(CS, frame.cs)
+        if not same_ring:
+            if handler_cpl != 0:
+                self.crash(f"delivery to a ring-{handler_cpl} handler from ring {cpl} is not modelled "
+                           f"under native")
                 return
-            cpu.write(SS, frame.ss)
-            cpu.write(CS, frame.cs)
+            try:
+                cpu.enter_ring0(frame.cs, frame.ss)
+            except CpuError as e:
+                self.crash(f"cannot load the handler's segments {frame.cs:#x}/{frame.ss:#x}: {e}")
+                return
         cpu.write(ESP, frame.esp)
         cpu.write(EFLAGS, frame.eflags)
         cpu.write(EIP, frame.eip)

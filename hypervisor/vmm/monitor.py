@@ -190,11 +190,14 @@ class Monitor:
                 self.dispatch(exit)
         self._guarded(turn)
 
-    def _guarded(self, work) -> None:
+    def _guarded(self, work, *args) -> None:
+        """Run monitor work so that nothing a guest does escapes as a Python error."""
         try:
-            work()
+            work(*args)
         except HvError:
             raise
+        except BusError as e:           # a table or stack the guest put outside RAM
+            self.crash(f"guest touched memory outside RAM ({e}) at EIP {self.cpu.read(EIP):#010x}")
         except Exception as e:          # a VMM bug must still end as a report, not a traceback
             self.crash(f"hvsim internal error: {type(e).__name__}: {e}")
 
@@ -331,10 +334,11 @@ class Monitor:
             self.crash(f"no handler for exit {exit.reason.label} at EIP {exit.eip:#010x}")
             return
         try:
-            handler(exit)
-        except GuestFault as fault:
-            self.inject_fault(fault, exit.eip)
-        except BusError as e:
+            try:
+                handler(exit)
+            except GuestFault as fault:
+                self.inject_fault(fault, exit.eip)
+        except BusError as e:          # the handler's or the fault delivery's: a table outside RAM
             self.crash(f"guest touched memory outside RAM ({e}) at EIP {exit.eip:#010x}")
 
     def handle_exception(self, exit: Exit) -> None:
@@ -533,12 +537,7 @@ class Monitor:
         self._dispatch_in_hook(exit)
 
     def _dispatch_in_hook(self, exit: Exit) -> None:
-        try:
-            self.dispatch(exit)
-        except HvError:
-            raise
-        except Exception as e:
-            self.crash(f"hvsim internal error: {type(e).__name__}: {e}")
+        self._guarded(self.dispatch, exit)
 
     def _software_interrupt_length(self, intno: int, eip: int) -> int:
         """Length of the int n / int3 / into that raised ``intno``, or 0 for a fault.
