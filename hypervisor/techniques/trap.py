@@ -45,6 +45,7 @@ and show the guest the real state. That is x86 failing Popek and Goldberg's test
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 
 
 from ..errors import UnsupportedGuest
@@ -81,6 +82,7 @@ CALL_GATE16 = 0x4
 ACCESSED = 1 << 40       # set in every shadow descriptor, so the CPU never writes the shadow
 
 
+@lru_cache(maxsize=1 << 14)
 def shadow_descriptor(raw: int, kernel_view: bool) -> int:
     """The descriptor the real CPU may see for a guest descriptor (pure, for tests).
 
@@ -129,6 +131,7 @@ class TrapAndEmulate(Monitor):
         self.stub_entries = 0            # iretd stubs queued in this slice (they run on the guest's counter)
         self._gdt_frames: set[int] = set()
         self._shadow_entries = 0
+        self._shadow_source: bytes | None = None   # the guest GDT bytes the shadow was built from
         self.monitor_memory = self.pc.map_monitor(MONITOR_BASE, MONITOR_SIZE)
         self._monitor_write(IRET_STUB, b"\xcf")
         self.pc.on_monitor_write = self._guest_wrote_monitor
@@ -164,15 +167,17 @@ class TrapAndEmulate(Monitor):
             raw = self.read_linear(v.gdt_base, count * 8) if count else b""
         except (GuestFault, BusError):
             raw = b""                 # a GDT outside RAM: every selector load faults, as it would
-        entries = [e for (e,) in struct.iter_unpack("<Q", raw)]
-        stale = max(0, self._shadow_entries - len(entries))
-        monitor = struct.pack("<3Q", encode_segment(0, 0xFFFFF, 0x9B), encode_segment(0, 0xFFFFF, 0x93),
-                              encode_segment(MONITOR_TSS, 0x67, 0x8B, 0x0))
-        for base, kernel in ((KERNEL_GDT, True), (USER_GDT, False)):
-            table = struct.pack(f"<{len(entries)}Q", *(shadow_descriptor(e, kernel) for e in entries))
-            self._monitor_write(base, table + bytes(8 * stale))
-            self._monitor_write(base + MON_CS, monitor)
-        self._shadow_entries = len(entries)
+        if raw != self._shadow_source:
+            entries = [e for (e,) in struct.iter_unpack("<Q", raw)]
+            stale = max(0, self._shadow_entries - len(entries))
+            monitor = struct.pack("<3Q", encode_segment(0, 0xFFFFF, 0x9B), encode_segment(0, 0xFFFFF, 0x93),
+                                  encode_segment(MONITOR_TSS, 0x67, 0x8B, 0x0))
+            for base, kernel in ((KERNEL_GDT, True), (USER_GDT, False)):
+                table = struct.pack(f"<{len(entries)}Q", *(shadow_descriptor(e, kernel) for e in entries))
+                self._monitor_write(base, table + bytes(8 * stale))
+                self._monitor_write(base + MON_CS, monitor)
+            self._shadow_entries = len(entries)
+            self._shadow_source = raw
         self._protect_gdt(count)
         self._select_gdt_view()
 
@@ -190,10 +195,25 @@ class TrapAndEmulate(Monitor):
     def _gdt_written(self, address: int, size: int) -> bool:
         """Memory changed at ``address``: if it was the GDT, resync the shadow."""
         v = self.vcpu
-        if address + size > v.gdt_base and address <= v.gdt_base + v.gdt_limit:
+        if not (address + size > v.gdt_base and address <= v.gdt_base + v.gdt_limit):
+            return False
+        first = max(0, (address - v.gdt_base) // 8)
+        last = min(self._shadow_entries, (address + size - 1 - v.gdt_base) // 8 + 1)
+        if self._shadow_source is None or first >= last:
             self.rebuild_shadow_gdt()
             return True
-        return False
+        try:
+            raw = self.read_linear(v.gdt_base + first * 8, (last - first) * 8)
+        except (GuestFault, BusError):
+            self.rebuild_shadow_gdt()
+            return True
+        entries = [e for (e,) in struct.iter_unpack("<Q", raw)]
+        for base, kernel in ((KERNEL_GDT, True), (USER_GDT, False)):
+            self._monitor_write(base + first * 8, struct.pack(f"<{len(entries)}Q",
+                                                             *(shadow_descriptor(e, kernel) for e in entries)))
+        source = self._shadow_source
+        self._shadow_source = source[:first * 8] + raw + source[last * 8:]
+        return True
 
     def _monitor_write(self, address: int, data: bytes) -> None:
         offset = address - MONITOR_BASE
