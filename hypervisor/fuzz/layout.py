@@ -6,7 +6,7 @@ fuzz guest starts with the same prologue, written here once. Its IDT sends all 2
 vectors, through one 8-byte stub each (``mov al, vector; jmp handler``), to a single
 handler that trusts nothing the stream may have broken: it loads a *backup* GDT through
 CS (the only segment the gate itself just loaded), restores the live GDT from it, reloads
-GDTR, IDTR, TR, CR0, CR4, DR7, EFLAGS and the stacks, writes the vector to COM1 (so the
+GDTR, IDTR, LDTR, TR, CR0, CR4, DR7, EFLAGS and the stacks, writes the vector to COM1 (so the
 console is the list of events), and resumes at the next chunk of the stream. After the
 last chunk it writes 0 to isa-debug-exit. A stream thus survives many faults, and
 each technique's console shows which events it delivered.

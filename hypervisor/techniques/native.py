@@ -24,7 +24,7 @@ from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, EFLAGS, CpuError, EFLAGS_IF, 
                            GDTR, IDTR, LDTR, SS, TR)
 from ..machine.descriptors import Descriptor
 from ..machine.faults import GuestFault
-from ..machine.interrupts import GP, CpuFrame, table_descriptor
+from ..machine.interrupts import GP, CpuFrame, DeliveryFault, table_descriptor
 from ..memory.walker import GuestAddressSpace, Paging
 from ..vmm.emulate import MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP
 from ..vmm.exits import Exit, ExitReason
@@ -146,12 +146,19 @@ class Native(Monitor):
         cpu.write(EFLAGS, cpu.read(EFLAGS) & ~(EFLAGS_VM | EFLAGS_IF | EFLAGS_RF))
         # QEMU loads fixed flat ring-0 caches without reading the GDT; Unicorn can only load a
         # selector from the GDT, so SYSENTER_CS must name flat code and data there, as every OS has it.
+        # Read both through the walker first: a descriptor load that faults inside Unicorn, called
+        # from here, would unwind over the interpreter's own frames.
         try:
+            view = self.delivery_view()
+            code, stack = view.descriptor(cs), view.descriptor(cs + 8)
+            if not (code.is_code and code.dpl == 0 and code.present
+                    and stack.is_writable_data and stack.dpl == 0 and stack.present):
+                raise CpuError("not flat ring-0 code and data")
             if cpu.cpl:
                 cpu.enter_ring0(cs, cs + 8)
             elif not (cpu.try_write(SS, cs + 8) and cpu.try_write(CS, cs)):
                 raise CpuError("refused")
-        except CpuError:
+        except (CpuError, DeliveryFault, GuestFault):
             self.crash(f"sysenter with SYSENTER_CS {cs:#x}, whose GDT entries are not ring-0 code and "
                        f"data: QEMU loads flat segments without the GDT, which hvsim cannot do")
             return
