@@ -287,7 +287,7 @@ class TrapAndEmulate(Monitor):
 
     def sync_cpl(self) -> None:
         """Rings 2 and 3 are real; a change among them happens without the monitor."""
-        real = self.cpu.read(CS) & 3
+        real = self.cpu.cpl
         if real >= 2:
             self.vcpu.cpl = real
 
@@ -311,8 +311,11 @@ class TrapAndEmulate(Monitor):
             self.stop_slice(Exit(ExitReason.INTERRUPT_WINDOW, self.cpu.read(EIP)))
 
     def io_permitted(self) -> bool:
+        v = self.vcpu
+        if v.iopl == 3:
+            return True
         self.sync_cpl()
-        return self.vcpu.cpl <= self.vcpu.iopl
+        return v.cpl <= v.iopl
 
     def read_linear(self, address: int, length: int) -> bytes:
         return self.pc.memory.read(address & 0xFFFFFFFF, length)
