@@ -24,13 +24,14 @@ What the monitor arranges, and why each piece is needed for the deprivileging to
   the kernel's code is not present, so no jump reaches it without the monitor.
 * **The guest's GDT is write-protected** in the frame table: a write to it traps and
   the shadow follows the edit, so a stale shadow is never loaded by the CPU.
-* **The monitor's memory is read-only to every guest ring.** VMware's monitor and 32-bit
+* **The monitor's memory is out of every guest ring's reach.** VMware's monitor and 32-bit
   Xen truncated the guest's segments below themselves; QEMU's CPU (and so Unicorn) does
-  not check data-segment limits, so here the monitor's pages are mapped read/execute
-  only and a guest write to them is dropped — what the bare machine does with a write to
-  an unassigned address. The CPU only reads them: the shadow GDT on a segment load, and
-  the ``iretd`` stub with its frame at ring 0. A guest *can read* them (the shadow GDT,
-  its own descriptors at other DPLs): a leak of nothing the guest did not write itself.
+  not check data-segment limits, so truncation protects nothing here. Instead the
+  monitor's pages are mapped read/execute only, and a guest write to them is dropped —
+  what the bare machine does with a write to an unassigned address; and a read hook over
+  them lets through only the CPU's own reads (a descriptor for a segment load, the
+  ``iretd`` stub and its frame): a guest instruction that reads them ends the run, as an
+  access outside RAM ends it under native.
 * **Reflection.** Faults, ``int n`` and PIC interrupts are delivered through the
   guest's own IDT with the frame the guest expects (its selectors, its virtual IF),
   using the machine's one delivery routine on a *virtual* view of the CPU.
@@ -47,6 +48,8 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
+from unicorn import UC_HOOK_MEM_READ
+
 
 from ..errors import UnsupportedGuest
 from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, DS, ECX, EDX, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ES, ESP, FS,
@@ -56,7 +59,7 @@ from ..machine.descriptors import (CALL_GATE32, TSS32_AVAILABLE, Descriptor, dec
 from ..machine.faults import BusError, GuestFault
 from ..machine.interrupts import (GP, NP, SS_FAULT, CpuFrame, DeliveryFault, table_descriptor,
                                   through_call_gate)
-from ..vmm.decode import Instruction
+from ..vmm.decode import SEGMENT_REGISTERS, Instruction, Mem, Reg
 from ..vmm.emulate import EMULATORS, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, TRANSFERS, Unemulated
 from ..vmm.exits import Exit, ExitReason
 from ..vmm.monitor import Monitor
@@ -99,6 +102,21 @@ def shadow_descriptor(raw: int, kernel_view: bool) -> int:
     return raw
 
 
+# Instructions whose execution reads the GDT: segment loads, far transfers, and the
+# descriptor-inspecting lar/lsl/verr/verw.
+FAR_TRANSFERS = frozenset({"ljmp", "lcall", "retf", "iret", "iretd"})
+DESCRIPTOR_INSPECTORS = frozenset({"lar", "lsl", "verr", "verw", "lds", "les", "lfs", "lgs", "lss"})
+
+
+def loads_descriptors(insn: Instruction) -> bool:
+    name, ops = insn.mnemonic, insn.operands
+    if name in FAR_TRANSFERS or name in DESCRIPTOR_INSPECTORS:
+        return True
+    if name in ("mov", "pop") and ops and isinstance(ops[0], Reg) and ops[0].name in SEGMENT_REGISTERS:
+        return True
+    return name in ("jmp", "call") and bool(ops) and isinstance(ops[0], Mem) and ops[0].size == 6
+
+
 class VirtualView:
     """The guest's own tables and virtual CPL, for delivering events the way it expects."""
 
@@ -135,6 +153,9 @@ class TrapAndEmulate(Monitor):
         self.monitor_memory = self.pc.map_monitor(MONITOR_BASE, MONITOR_SIZE)
         self._monitor_write(IRET_STUB, b"\xcf")
         self.pc.on_monitor_write = self._guest_wrote_monitor
+        self._loading_segments = False   # the monitor itself is loading segment registers
+        self.cpu.uc.hook_add(UC_HOOK_MEM_READ, self._hook_monitor_read, None,
+                             MONITOR_BASE, MONITOR_BASE + MONITOR_SIZE - 1)
         self.handlers[ExitReason.SYSTEM_CALL] = self.handle_system_call
         self.handlers[ExitReason.TABLE_WRITE] = self.handle_table_write
         self.pc.on_write_protected = self._guest_wrote_protected
@@ -219,6 +240,36 @@ class TrapAndEmulate(Monitor):
         offset = address - MONITOR_BASE
         self.monitor_memory[offset:offset + len(data)] = data
 
+    def _hook_monitor_read(self, uc, access, address, size, value, _) -> None:
+        """A read of the monitor's pages: the CPU's own, or a guest's, which ends the run.
+
+        The CPU reads them itself to load a segment (the shadow GDT) and to run the iretd
+        stub (its frame); any other read is a guest instruction's operand, and the run ends
+        as an access outside RAM ends it under native. (The hook cannot change the value
+        read, but the guest never runs another instruction.)
+        """
+        if self._loading_segments:      # our own segment loads (no register may be read here)
+            return
+        eip = self.cpu.read(EIP)
+        if eip == IRET_STUB:
+            return
+        if KERNEL_GDT <= address < USER_GDT + GDT_LIMIT + 1 and self._descriptor_read(eip, address, size):
+            return
+        self.pc.request_stop(f"guest crash: the guest read the monitor's memory at {address:#010x} "
+                             f"(EIP {eip:#010x}); outside guest RAM, as under native, the run ends")
+
+    def _descriptor_read(self, eip: int, address: int, size: int) -> bool:
+        """Is this read the CPU fetching a descriptor for the instruction at ``eip``?"""
+        insn = self.fetch(eip)
+        if insn is None or not loads_descriptors(insn):
+            return False
+        for op in insn.operands:        # the instruction's own memory operand is data, not a descriptor
+            if isinstance(op, Mem):
+                start = self.effective_address(op)
+                if start <= address < start + max(op.size, 1) or start <= address + size - 1 < start + max(op.size, 1):
+                    return False
+        return True
+
     def _guest_wrote_monitor(self, address: int, size: int) -> None:
         self.record(ExitReason.TABLE_WRITE, self.cpu.read(EIP), "drop",
                     f"the guest wrote the monitor's memory at {address:#010x}; the write is dropped, as a "
@@ -273,7 +324,12 @@ class TrapAndEmulate(Monitor):
             raise GuestFault(GP, selector & 0xFFFC, why=f"mov ss, {selector:#x} at CPL {cpl}")
         if not d.present:
             raise GuestFault(SS_FAULT, selector & 0xFFFC, why=f"mov ss, {selector:#x}: not present")
-        if not self.cpu.try_write(SS, (selector & ~3) | REAL_RING[cpl]):
+        self._loading_segments = True
+        try:
+            loaded = self.cpu.try_write(SS, (selector & ~3) | REAL_RING[cpl])
+        finally:
+            self._loading_segments = False
+        if not loaded:
             raise GuestFault(GP, selector & 0xFFFC, why=f"mov ss, {selector:#x}: refused by the shadow")
         self.vcpu.shadow_from = self.instructions_now()
 
@@ -360,11 +416,15 @@ class TrapAndEmulate(Monitor):
         self._select_gdt_view()
         cpu.clear_interrupt_shadow()
         data_regs = {r: cpu.read(r) for r in (DS, ES, FS, GS)}
-        cpu.enter_ring0(MON_CS, MON_DS)
-        cpu.write(EFLAGS, 0x2)               # no guest TF or IF while the stub runs at ring 0
-        for reg, sel in data_regs.items():
-            if not cpu.try_write(reg, sel):
-                cpu.write(reg, 0)
+        self._loading_segments = True
+        try:
+            cpu.enter_ring0(MON_CS, MON_DS)
+            cpu.write(EFLAGS, 0x2)           # no guest TF or IF while the stub runs at ring 0
+            for reg, sel in data_regs.items():
+                if not cpu.try_write(reg, sel):
+                    cpu.write(reg, 0)
+        finally:
+            self._loading_segments = False
         self._monitor_write(MONITOR_STACK, struct.pack("<5I", frame.eip, (frame.cs & ~3) | rpl,
                                                     real_flags, frame.esp, (frame.ss & ~3) | rpl))
         cpu.write(ESP, MONITOR_STACK)
