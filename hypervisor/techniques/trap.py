@@ -529,23 +529,11 @@ class TrapAndEmulate(Monitor):
         eip, cs, eflags = struct.unpack("<3I", self.read_linear(ss_base + esp, 12))
         cs &= 0xFFFF
         target_cpl = cs & 3
-        if cs & 0xFFFC == 0:
-            raise GuestFault(GP, 0, why="iret to a null code selector")
-        code = self._system_descriptor(cs)
-        if not code.is_code or (code.dpl != target_cpl and not code.is_conforming) or code.dpl > target_cpl:
-            raise GuestFault(GP, cs & 0xFFFC, why=f"iret to {cs:#x}: not a ring-{target_cpl} code segment")
-        if not code.present:
-            raise GuestFault(NP, cs & 0xFFFC, why=f"iret to {cs:#x}: not present")
+        self._check_return_code(cs, target_cpl, "iret")
         if target_cpl > v.cpl:
             new_esp, ss = struct.unpack("<2I", self.read_linear(ss_base + esp + 12, 8))
             ss &= 0xFFFF
-            if ss & 0xFFFC == 0:
-                raise GuestFault(GP, 0, why="iret to an outer ring with a null SS")
-            stack = self._system_descriptor(ss)
-            if ss & 3 != target_cpl or stack.dpl != target_cpl or not stack.is_writable_data:
-                raise GuestFault(GP, ss & 0xFFFC, why=f"iret: SS {ss:#x} is not a ring-{target_cpl} stack")
-            if not stack.present:
-                raise GuestFault(SS_FAULT, ss & 0xFFFC, why=f"iret: SS {ss:#x} not present")
+            self._check_return_stack(ss, target_cpl, "iret")
         else:
             new_esp, ss = esp + 12, self._virtual_selector(cpu.read(SS))
         self.record(ExitReason.IRET, cpu.read(EIP), "iret",
@@ -554,6 +542,26 @@ class TrapAndEmulate(Monitor):
         self.enter_guest(CpuFrame(eip, cs, eflags, new_esp & 0xFFFFFFFF, ss), target_cpl)
         if self._pic_pending() and v.iflag:
             self.stop_slice(Exit(ExitReason.INTERRUPT_WINDOW, eip))
+
+    def _check_return_code(self, cs: int, target_cpl: int, what: str) -> None:
+        """The checks an iret or retf makes of the code segment it returns to."""
+        if cs & 0xFFFC == 0:
+            raise GuestFault(GP, 0, why=f"{what} to a null code selector")
+        code = self._system_descriptor(cs)
+        if not code.is_code or (code.dpl != target_cpl and not code.is_conforming) or code.dpl > target_cpl:
+            raise GuestFault(GP, cs & 0xFFFC, why=f"{what} to {cs:#x}: not a ring-{target_cpl} code segment")
+        if not code.present:
+            raise GuestFault(NP, cs & 0xFFFC, why=f"{what} to {cs:#x}: not present")
+
+    def _check_return_stack(self, ss: int, target_cpl: int, what: str) -> None:
+        """The checks an iret or retf to an outer ring makes of the stack it returns to."""
+        if ss & 0xFFFC == 0:
+            raise GuestFault(GP, 0, why=f"{what} to an outer ring with a null SS")
+        stack = self._system_descriptor(ss)
+        if ss & 3 != target_cpl or stack.dpl != target_cpl or not stack.is_writable_data:
+            raise GuestFault(GP, ss & 0xFFFC, why=f"{what}: SS {ss:#x} is not a ring-{target_cpl} stack")
+        if not stack.present:            # QEMU gives #NP here, where the SDM says #SS: QEMU is the referee
+            raise GuestFault(NP, ss & 0xFFFC, why=f"{what}: SS {ss:#x} not present")
 
     def retf(self, insn: Instruction) -> None:
         """A far return from the kernel to an outer ring: the shadow hides that ring's code."""
@@ -568,16 +576,10 @@ class TrapAndEmulate(Monitor):
         target_cpl = cs & 3
         if target_cpl <= v.cpl:
             raise Unemulated("retf within ring 0: the CPU's own fault stands")
-        code = self._system_descriptor(cs)
-        if not code.is_code or (code.dpl != target_cpl and not code.is_conforming) or code.dpl > target_cpl:
-            raise GuestFault(GP, cs & 0xFFFC, why=f"retf to {cs:#x}: not a ring-{target_cpl} code segment")
-        if not code.present:
-            raise GuestFault(NP, cs & 0xFFFC, why=f"retf to {cs:#x}: not present")
+        self._check_return_code(cs, target_cpl, "retf")
         new_esp, ss = struct.unpack("<2I", self.read_linear(ss_base + esp + 8 + release, 8))
         ss &= 0xFFFF
-        stack = self._system_descriptor(ss) if ss & 0xFFFC else None
-        if stack is None or ss & 3 != target_cpl or stack.dpl != target_cpl or not stack.is_writable_data:
-            raise GuestFault(GP, ss & 0xFFFC, why=f"retf: SS {ss:#x} is not a ring-{target_cpl} stack")
+        self._check_return_stack(ss, target_cpl, "retf")
         self.record(ExitReason.IRET, cpu.read(EIP), "retf",
                     f"retf from ring 1 to the guest's ring-{target_cpl} code, which the kernel's shadow GDT "
                     f"hides; the monitor pops the frame and resumes the guest", insn)
