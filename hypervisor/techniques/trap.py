@@ -406,15 +406,24 @@ class TrapAndEmulate(Monitor):
         self.enter_guest(frame, handler_cpl)
 
     def enter_guest(self, frame: CpuFrame, virtual_cpl: int) -> None:
-        """Resume the guest at a virtual frame: through the iretd stub, at its real ring."""
+        """Resume the guest at a virtual frame, at its real ring.
+
+        Where neither the real ring nor the shadow GDT's view changes (an interrupt taken
+        in the kernel, the kernel's iret back to itself), the registers are simply loaded:
+        the CPU already runs at that ring. Otherwise the CPU is dropped to ring 0 and
+        enters through the one-instruction iretd stub, which changes ring as hardware does.
+        """
         cpu, v = self.cpu, self.vcpu
+        same_view = (v.cpl == 0) == (virtual_cpl == 0)
         v.iopl = (frame.eflags & EFLAGS_IOPL) >> 12
         v.cpl = virtual_cpl
         v.iflag = bool(frame.eflags & EFLAGS_IF)
         rpl = REAL_RING[virtual_cpl]
         real_flags = (frame.eflags & ~EFLAGS_IOPL) | EFLAGS_IF
-        self._select_gdt_view()
         cpu.clear_interrupt_shadow()
+        if same_view and cpu.cpl == rpl and self._load_at_current_ring(frame, rpl, real_flags):
+            return
+        self._select_gdt_view()
         data_regs = {r: cpu.read(r) for r in (DS, ES, FS, GS)}
         self._loading_segments = True
         try:
@@ -430,6 +439,20 @@ class TrapAndEmulate(Monitor):
         cpu.write(ESP, MONITOR_STACK)
         cpu.write(EIP, IRET_STUB)
         self.stub_entries += 1
+
+    def _load_at_current_ring(self, frame: CpuFrame, rpl: int, real_flags: int) -> bool:
+        """Enter the guest at the ring the CPU is in, without the stub (False: use the stub)."""
+        cpu = self.cpu
+        self._loading_segments = True
+        try:
+            if not (cpu.try_write(SS, (frame.ss & ~3) | rpl) and cpu.try_write(CS, (frame.cs & ~3) | rpl)):
+                return False
+        finally:
+            self._loading_segments = False
+        cpu.write(ESP, frame.esp)
+        cpu.write(EFLAGS, real_flags)
+        cpu.write(EIP, frame.eip)
+        return True
 
     def monitor_instructions(self) -> int:
         """The iretd stubs that have run in this slice (one queued may not have run yet)."""
