@@ -559,9 +559,12 @@ class TrapAndEmulate(Monitor):
             self._check_return_stack(ss, target_cpl, "iret")
         else:
             new_esp, ss = esp + 12, self._virtual_selector(cpu.read(SS))
-        self.record(ExitReason.IRET, cpu.read(EIP), "iret",
-                    f"iret in ring 1 faults on the guest's ring-{target_cpl} selector; the monitor pops "
-                    f"the frame (virtual IF={int(bool(eflags & EFLAGS_IF))}) and resumes the guest", insn)
+        if self.trace.enabled:
+            self.record(ExitReason.IRET, cpu.read(EIP), "iret",
+                        f"iret in ring 1 faults on the guest's ring-{target_cpl} selector; the monitor pops "
+                        f"the frame (virtual IF={int(bool(eflags & EFLAGS_IF))}) and resumes the guest", insn)
+        else:
+            self.stats.add(ExitReason.IRET)
         self.enter_guest(CpuFrame(eip, cs, eflags, new_esp & 0xFFFFFFFF, ss), target_cpl)
         if self._pic_pending() and v.iflag:
             self.stop_slice(Exit(ExitReason.INTERRUPT_WINDOW, eip))

@@ -394,9 +394,12 @@ class Monitor:
         vector = self.pc.devices.pic.acknowledge()
         self.state = VcpuState.RUNNING
         eip = self.cpu.read(EIP)
-        self.record(ExitReason.EXTERNAL_INTERRUPT, eip, "inject",
-                    f"PIC raised vector {vector:#x}; the guest's IF is set, so it is delivered "
-                    f"through the guest's IDT", qualification=f"vector={vector:#x}")
+        if self.trace.enabled:
+            self.record(ExitReason.EXTERNAL_INTERRUPT, eip, "inject",
+                        f"PIC raised vector {vector:#x}; the guest's IF is set, so it is delivered "
+                        f"through the guest's IDT", qualification=f"vector={vector:#x}")
+        else:
+            self.stats.add(ExitReason.EXTERNAL_INTERRUPT)
         self.inject(Event(vector, EventKind.EXTERNAL, None, eip))
 
     def inject_fault(self, fault: GuestFault, eip: int) -> None:
@@ -407,17 +410,20 @@ class Monitor:
         self.reflect(Event(fault.vector, EventKind.EXCEPTION, error, eip, cr2=fault.cr2), why=fault.why)
 
     def reflect(self, event: Event, why: str = "") -> None:
-        vector = event.vector
-        if event.kind is EventKind.SOFTWARE:
-            name = f"int {vector:#x}"
+        if self.trace.enabled:          # the sentence is built only for a trace that keeps it
+            vector = event.vector
+            if event.kind is EventKind.SOFTWARE:
+                name = f"int {vector:#x}"
+            else:
+                name = EXCEPTION_NAMES.get(vector, f"vector {vector:#x}")
+            qualification = f"vector={vector:#x}"
+            if event.error_code is not None:
+                qualification += f" error={event.error_code:#x}"
+            self.record(ExitReason.EXCEPTION_NMI, self.cpu.read(EIP), "reflect",
+                        f"{name}: delivered through the guest's own IDT" + (f" ({why})" if why else ""),
+                        qualification=qualification)
         else:
-            name = EXCEPTION_NAMES.get(vector, f"vector {vector:#x}")
-        qualification = f"vector={vector:#x}"
-        if event.error_code is not None:
-            qualification += f" error={event.error_code:#x}"
-        self.record(ExitReason.EXCEPTION_NMI, self.cpu.read(EIP), "reflect",
-                    f"{name}: delivered through the guest's own IDT" + (f" ({why})" if why else ""),
-                    qualification=qualification)
+            self.stats.add(ExitReason.EXCEPTION_NMI)
         self.inject(event)
 
     def inject(self, event: Event) -> None:
