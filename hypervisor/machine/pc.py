@@ -118,6 +118,11 @@ class PC:
                 return True
             return False
         self.memory.write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        # The store went around QEMU's own self-modifying-code check: code translated from
+        # these bytes is stale now (a guest's code may share a page with its GDT). Blocks
+        # translated later see the new bytes; the rest of the block running now does not
+        # (see README's known limits).
+        uc.ctl_remove_cache(address, address + size)
         if self.on_write_protected is not None:
             self.on_write_protected(address, size)
         return True
