@@ -53,7 +53,7 @@ from unicorn import UC_HOOK_MEM_READ
 
 from ..errors import UnsupportedGuest
 from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, DS, ECX, EDX, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ES, ESP, FS,
-                           GDTR, GPR_BY_NAME, GS, IDTR, SS, TR, WIDE_NAME)
+                           GDTR, GPR_BY_NAME, GS, IDTR, SS, TR)
 from ..machine.descriptors import (CALL_GATE32, TSS32_AVAILABLE, Descriptor, decode_descriptor, encode_segment,
                                    unicorn_flags, with_dpl, with_present)
 from ..machine.faults import BusError, GuestFault
@@ -290,7 +290,7 @@ class TrapAndEmulate(Monitor):
     def load_task_register(self, selector: int) -> None:
         if selector & 0xFFFC == 0:
             raise GuestFault(GP, 0, why="ltr with a null selector")
-        d = self._system_descriptor(selector)
+        d = self.gdt_descriptor(selector)
         if not d.system or d.type != TSS32_AVAILABLE:
             raise GuestFault(GP, selector & 0xFFFC, why=f"ltr {selector:#x}: not an available 32-bit TSS")
         if not d.present:
@@ -302,9 +302,6 @@ class TrapAndEmulate(Monitor):
         self.rebuild_shadow_gdt()
 
     def gdt_descriptor(self, selector: int) -> Descriptor:
-        return self._system_descriptor(selector)
-
-    def _system_descriptor(self, selector: int) -> Descriptor:
         """A GDT descriptor the guest names, with the CPU's limit and LDT checks."""
         if selector & 4:
             raise GuestFault(GP, selector & 0xFFFC, why="an LDT selector where the GDT is required")
@@ -319,7 +316,7 @@ class TrapAndEmulate(Monitor):
             raise GuestFault(GP, 0, why="mov ss with a null selector")
         if selector & 4:
             raise GuestFault(GP, selector & 0xFFFC, why="LDT selectors are not supported under trap yet")
-        d = self._system_descriptor(selector)
+        d = self.gdt_descriptor(selector)
         if selector & 3 != cpl or d.dpl != cpl or not d.is_writable_data:
             raise GuestFault(GP, selector & 0xFFFC, why=f"mov ss, {selector:#x} at CPL {cpl}")
         if not d.present:
@@ -381,9 +378,7 @@ class TrapAndEmulate(Monitor):
         self._gdt_written(address & 0xFFFFFFFF, len(data))
 
     def read_register(self, name: str) -> int:
-        if name in WIDE_NAME:
-            return self.cpu.read(GPR_BY_NAME[WIDE_NAME[name]]) & 0xFFFF
-        return self.cpu.read(GPR_BY_NAME[name]) & 0xFFFFFFFF
+        return self.cpu.read_named(name) & 0xFFFFFFFF
 
     def write_register(self, name: str, value: int) -> None:
         self.cpu.write(GPR_BY_NAME[name], value & 0xFFFFFFFF)
@@ -573,7 +568,7 @@ class TrapAndEmulate(Monitor):
         """The checks an iret or retf makes of the code segment it returns to."""
         if cs & 0xFFFC == 0:
             raise GuestFault(GP, 0, why=f"{what} to a null code selector")
-        code = self._system_descriptor(cs)
+        code = self.gdt_descriptor(cs)
         if not code.is_code or (code.dpl != target_cpl and not code.is_conforming) or code.dpl > target_cpl:
             raise GuestFault(GP, cs & 0xFFFC, why=f"{what} to {cs:#x}: not a ring-{target_cpl} code segment")
         if not code.present:
@@ -583,7 +578,7 @@ class TrapAndEmulate(Monitor):
         """The checks an iret or retf to an outer ring makes of the stack it returns to."""
         if ss & 0xFFFC == 0:
             raise GuestFault(GP, 0, why=f"{what} to an outer ring with a null SS")
-        stack = self._system_descriptor(ss)
+        stack = self.gdt_descriptor(ss)
         if ss & 3 != target_cpl or stack.dpl != target_cpl or not stack.is_writable_data:
             raise GuestFault(GP, ss & 0xFFFC, why=f"{what}: SS {ss:#x} is not a ring-{target_cpl} stack")
         if not stack.present:            # QEMU gives #NP here, where the SDM says #SS: QEMU is the referee

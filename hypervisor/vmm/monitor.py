@@ -42,6 +42,7 @@ from ..machine.interrupts import (EXCEPTION_NAMES, GP, PF, UD, VECTORS_WITH_ERRO
                                   deliver_with_escalation)
 from ..machine.devices.pit import PIT_IRQ
 from ..machine.pc import PC
+from ..memory.walker import PF_P, PF_RSVD
 from .decode import MAX_INSN, Instruction, Mem, Reg, Imm, SEGMENT_REGISTERS, decode
 from .exits import Exit, ExitReason, ExitStats
 from .trace import ExitRecord, Trace
@@ -51,7 +52,6 @@ UNTIL_NEVER = 1 << 40          # an end address EIP never reaches: slices end by
 # Without a native interrupt-window hook, an interrupt that waits on an IF the monitor
 # cannot see change is looked for again after POLL_FIRST instructions, doubling to POLL_MAX.
 POLL_FIRST, POLL_MAX = 1_000, 1_000_000
-PF_PRESENT, PF_RSVD = 1 << 0, 1 << 3
 
 
 class VcpuState(enum.Enum):
@@ -458,7 +458,7 @@ class Monitor:
             return None
         code = self.cpu.exception_error_code()
         if vector == PF and code & PF_RSVD:
-            code &= ~PF_PRESENT         # QEMU 7.2 (the referee) leaves P clear on a reserved-bit fault
+            code &= ~PF_P         # QEMU 7.2 (the referee) leaves P clear on a reserved-bit fault
         return code
 
     def _loaded_selector(self, insn: Instruction) -> int | None:
@@ -486,20 +486,13 @@ class Monitor:
 
     # == helpers for techniques ============================================================
     def fetch(self, eip: int) -> Instruction | None:
-        """The instruction at ``eip`` (None where it cannot be read or decoded)."""
-        for length in (MAX_INSN, 1):
+        """The instruction at ``eip`` (None where it cannot be read or decoded): near the end of
+        readable memory, decoded from as many bytes as can be read."""
+        for length in range(MAX_INSN, 0, -1):
             try:
-                code = self.read_linear(eip, length)
+                return decode(self.read_linear(eip, length), eip)
             except (GuestFault, BusError, IndexError):
                 continue
-            if length == 1:     # near the end of readable memory: read what is there
-                for n in range(MAX_INSN - 1, 1, -1):
-                    try:
-                        code = self.read_linear(eip, n)
-                        break
-                    except (GuestFault, BusError, IndexError):
-                        continue
-            return decode(code, eip)
         return None
 
     def effective_address(self, mem: Mem) -> int:

@@ -5,7 +5,6 @@ technique, with the full K of the file; and the difference of their exits must b
 operation costs in exits: a trapped ring-3 `int 0x80` is two (the int and the kernel's iretd),
 under native one (the delivery), and so on. The runner's numbers are only as good as this.
 """
-from pathlib import Path
 
 import pytest
 
