@@ -3,15 +3,31 @@
 Every user error becomes one line on stderr and exit status 2; a guest that crashes
 is a result (``halted_reason``), not an error. Exit status of ``hv run``: the value
 the guest wrote to isa-debug-exit (masked to 8 bits), or 1 if it ended any other way.
+
+On a terminal, ``hv run`` keeps one progress line on stderr (``ProgressLine``). The terminal
+does not know that two streams share it: the guest's console goes to stdout byte by byte,
+and a status line drawn in the middle of a console line would overwrite it. So the line is
+drawn only where the console's cursor stands at the start of a line, and wiped before the
+next console byte. It is a hand-written ``\\r`` line, not rich or tqdm: neither is a
+dependency, neither could redraw while the run loop sits inside Unicorn without the thread
+``session.run_image`` starts anyway, and rich's live display replaces ``sys.stdout`` while
+it runs, where the console is written byte by byte to stdout's own buffer.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import stat
 import sys
+import threading
+from typing import IO
 
+from .domain import Progress
 from .errors import HvError
-from .session import DEFAULT_MAX_INSTRUCTIONS, DEFAULT_MEMORY_MIB, load_image_bytes, run_image
+from .session import (DEFAULT_MAX_INSTRUCTIONS, DEFAULT_MEMORY_MIB, PROGRESS_EVERY_S, load_image_bytes,
+                      run_image)
 from .techniques import TECHNIQUES
 
 EPILOG = """techniques:
@@ -23,6 +39,7 @@ examples:
   hv run guests/timer.S --technique trap --trace trace.jsonl   every exit, as JSON lines
   hv compare guests/sensitive.S                 one table: every technique against native
   hv build guests/hello.S -o hello.bin          a multiboot image qemu-system-i386 -kernel boots
+  hv bench --quick                              every technique against raw Unicorn and QEMU, one round
 """
 
 
@@ -68,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "instructions, exits, wall_s) as the last line instead of streaming the console")
     run.add_argument("--trace", metavar="FILE",
                      help="write every exit as a JSON line: EIP, instruction, reason, handler, explanation")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress line. By default, when stderr is a terminal (and stdout is not a "
+                          "pipe, and not --json), one line on stderr, redrawn 4 times a second, shows "
+                          "instructions, exits, the guest's virtual time and wall time; it is wiped "
+                          "when the run ends")
     _add_run_options(run)
 
     build = sub.add_parser("build", help="assemble a .S guest into a multiboot image",
@@ -83,11 +105,92 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("image", metavar="IMAGE")
     compare.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
     _add_run_options(compare)
+
+    # Listed here for --help; main() hands everything after "bench" to the runner untouched.
+    sub.add_parser("bench", help="time every technique, raw Unicorn and QEMU on the benchmark guests and "
+                                 "the nanobenchmarks (benchmarks/run.py; `hv bench --help` for its options)",
+                   add_help=False)
     return parser
+
+
+def _isatty(stream: IO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):     # replaced or closed streams
+        return False
+
+
+def _is_pipe(stream: IO) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode)
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def wants_progress(args, stdout: IO, stderr: IO) -> bool:
+    """A progress line only for a person watching: stderr a terminal, stdout not a pipe into
+    another program or pager (whose screen the line would scribble on), and not --json."""
+    return not (args.json or args.no_progress) and _isatty(stderr) and not _is_pipe(stdout)
+
+
+def format_progress(technique: str, p: Progress) -> str:
+    return (f"[hv] {technique}: {p.instructions:,} instructions, {p.exits:,} exits, "
+            f"virtual {p.virtual_ns / 1e9:.3f} s, wall {p.wall_s:.1f} s")
+
+
+class ProgressLine:
+    """One status line on stderr, rewritten in place with ``\\r`` and wiped at the end.
+
+    ``show`` is called from the progress thread, ``console`` from the run loop: one lock
+    keeps a redraw from landing between a wipe and the console byte it made room for.
+    When stdout is the same terminal (``shares_terminal``), the line is drawn only while the
+    console's cursor is at the start of a line, and wiped before each console byte.
+    """
+    CLEAR = "\r\x1b[K"           # carriage return, erase to the end of the line
+
+    def __init__(self, technique: str, out: IO, err: IO, shares_terminal: bool):
+        self.technique, self.out, self.err = technique, out, err
+        self.shares_terminal = shares_terminal
+        self._lock = threading.Lock()
+        self._drawn = False
+        self._closed = False
+        self._console_at_line_start = True
+
+    def show(self, p: Progress) -> None:
+        with self._lock:
+            if self._closed or (self.shares_terminal and not self._console_at_line_start):
+                return
+            width = shutil.get_terminal_size((80, 24)).columns - 1   # a wrapped line cannot be redrawn
+            self.err.write(self.CLEAR + format_progress(self.technique, p)[:max(width, 10)])
+            self.err.flush()
+            self._drawn = True
+
+    def console(self, byte: int) -> None:
+        with self._lock:
+            if self._drawn and self.shares_terminal:
+                self._wipe()
+            self.out.buffer.write(bytes((byte,)))
+            self.out.buffer.flush()
+            self._console_at_line_start = byte == 0x0A
+
+    def close(self) -> None:
+        with self._lock:
+            if self._drawn:
+                self._wipe()
+            self._closed = True
+
+    def _wipe(self) -> None:
+        self.err.write(self.CLEAR)
+        self.err.flush()
+        self._drawn = False
 
 
 def _cmd_run(args) -> int:
     stream = None if args.json else (lambda b: (sys.stdout.buffer.write(bytes((b,))), sys.stdout.buffer.flush()))
+    line = None
+    if wants_progress(args, sys.stdout, sys.stderr):
+        line = ProgressLine(args.technique, sys.stdout, sys.stderr, shares_terminal=_isatty(sys.stdout))
+        stream = line.console
     trace_file = None
     try:
         if args.trace:
@@ -96,8 +199,11 @@ def _cmd_run(args) -> int:
             except OSError as e:
                 raise HvError(f"--trace {args.trace}: {e.strerror}") from None
         result = run_image(args.image, technique=args.technique, memory_mib=args.memory,
-                           max_instructions=args.max_instructions, trace_file=trace_file, on_console=stream)
+                           max_instructions=args.max_instructions, trace_file=trace_file, on_console=stream,
+                           on_progress=line.show if line else None, progress_every=PROGRESS_EVERY_S)
     finally:
+        if line:
+            line.close()
         if trace_file:
             trace_file.close()
     if args.json:
@@ -170,7 +276,36 @@ def _cmd_build(args) -> int:
     return 0
 
 
+def _cmd_bench(argv: list[str]) -> int:
+    """``make bench`` as a command: benchmarks/run.py, which lives in the source tree beside the
+    package (the benchmark guests are sources there, not package data)."""
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").is_file():
+        raise HvError(f"hv bench needs the hvsim source tree: no benchmarks/run.py in {root} "
+                      "(install with `pip install -e .` from a checkout)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    runner = importlib.import_module("benchmarks.run")
+    try:
+        return runner.main(argv, prog="hv bench")
+    except SystemExit as e:              # the runner's argparse: --help, or a usage error
+        return e.code if isinstance(e.code, int) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        try:
+            return _cmd_bench(argv[1:])
+        except HvError as e:
+            print(f"hv: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("hv: interrupted", file=sys.stderr)
+            return 130
     args = build_parser().parse_args(argv)
     try:
         return {"run": _cmd_run, "build": _cmd_build, "compare": _cmd_compare}[args.command](args)

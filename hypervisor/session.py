@@ -2,9 +2,17 @@
 
 The command line, the tests and the benchmarks all come through here, so a run from
 any of them is the same run.
+
+A long run can report its progress: ``on_progress`` is called every ``progress_every``
+seconds with a ``Progress`` snapshot, from a thread of its own. It has to be a thread:
+the run loop sits inside Unicorn for as long as the guest does not exit (seconds, for a
+compute-bound guest), and nothing in Unicorn calls back on a timer without changing where
+slices end, which would change the run. The snapshot only reads, so a run with a progress
+display is the same run as one without.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable, IO
 
@@ -12,13 +20,14 @@ from .errors import HvError, ImageError
 from .image.assemble import build_image
 from .image.multiboot import parse_kernel
 from .machine.memory import EXTENT_FRAMES, PAGE_SIZE, MachineMemory
-from .domain import Domain
+from .domain import Domain, Progress
 from .techniques import TECHNIQUES
 from .vmm.monitor import RunResult
 from .vmm.trace import Trace
 
 DEFAULT_MEMORY_MIB = 64
 DEFAULT_MAX_INSTRUCTIONS = 500_000_000
+PROGRESS_EVERY_S = 0.25          # a display refreshed about four times a second
 
 
 def load_image_bytes(path: str | Path) -> bytes:
@@ -62,7 +71,27 @@ def load_image_bytes(path: str | Path) -> bytes:
 
 def run_image(image: str | Path | bytes, technique: str = "native", memory_mib: int = DEFAULT_MEMORY_MIB,
               max_instructions: int = DEFAULT_MAX_INSTRUCTIONS, trace_file: IO[str] | None = None,
-              keep_trace: bool = False, on_console: Callable[[int], None] | None = None) -> RunResult:
+              keep_trace: bool = False, on_console: Callable[[int], None] | None = None,
+              on_progress: Callable[[Progress], None] | None = None,
+              progress_every: float = PROGRESS_EVERY_S) -> RunResult:
+    domain = build_domain(image, technique, memory_mib, max_instructions, Trace(trace_file, keep=keep_trace),
+                          on_console)
+    ticker = _ProgressTicker(domain, on_progress, progress_every) if on_progress else None
+    try:
+        if ticker:
+            ticker.start()
+        return domain.run()
+    finally:
+        if ticker:
+            ticker.finish()
+        domain.destroy()
+
+
+def build_domain(image: str | Path | bytes, technique: str = "native", memory_mib: int = DEFAULT_MEMORY_MIB,
+                 max_instructions: int = DEFAULT_MAX_INSTRUCTIONS, trace: Trace | None = None,
+                 on_console: Callable[[int], None] | None = None) -> Domain:
+    """A domain with the kernel loaded, ready to ``run`` (for callers that time the run alone,
+    like the benchmarks); the caller must ``destroy`` it."""
     if technique not in TECHNIQUES:
         raise HvError(f"unknown technique {technique!r} (choose from {', '.join(TECHNIQUES)})")
     extent_mib = EXTENT_FRAMES * PAGE_SIZE >> 20
@@ -73,10 +102,32 @@ def run_image(image: str | Path | bytes, technique: str = "native", memory_mib: 
     data = image if isinstance(image, bytes) else load_image_bytes(image)
     ram = memory_mib << 20
     kernel = parse_kernel(data, ram)
-    domain = Domain(MachineMemory(ram), 1, ram, technique, Trace(trace_file, keep=keep_trace),
-                    max_instructions, on_console)
+    domain = Domain(MachineMemory(ram), 1, ram, technique, trace or Trace(), max_instructions, on_console)
     domain.load(kernel)
-    try:
-        return domain.run()
-    finally:
-        domain.destroy()
+    return domain
+
+
+class _ProgressTicker(threading.Thread):
+    """Calls ``report(domain.progress())`` every ``every`` seconds until ``finish``.
+
+    A daemon: an interrupted run never waits for it. A report that raises ends the
+    reports, not the run (a display is never worth a guest's result).
+    """
+
+    def __init__(self, domain: Domain, report: Callable[[Progress], None], every: float):
+        super().__init__(name="hv-progress", daemon=True)
+        self._domain, self._report, self._every = domain, report, every
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self._every):
+            try:
+                self._report(self._domain.progress())
+            except Exception:
+                return
+
+    def finish(self) -> None:
+        """Stop, and return only once no report is running or will run."""
+        self._done.set()
+        if self.is_alive():
+            self.join()
