@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: setup run test bench fuzz qemu clean
 
-$(STAMP): pyproject.toml setup.py hypervisor/machine/native/ifwatch.c
+$(STAMP): pyproject.toml setup.py hypervisor/machine/native/blockhook.c hypervisor/machine/native/readguard.c hypervisor/machine/native/tlbfill.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

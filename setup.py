@@ -14,6 +14,10 @@ from setuptools import Extension, setup
 warnings.filterwarnings("ignore", message="Editable installation")
 
 setup(ext_modules=[
-    Extension("hypervisor.machine.native._ifwatch", ["hypervisor/machine/native/ifwatch.c"],
+    Extension("hypervisor.machine.native._blockhook", ["hypervisor/machine/native/blockhook.c"],
+              extra_compile_args=["-O2"], optional=True),
+    Extension("hypervisor.machine.native._readguard", ["hypervisor/machine/native/readguard.c"],
+              extra_compile_args=["-O2"], optional=True),
+    Extension("hypervisor.machine.native._tlbfill", ["hypervisor/machine/native/tlbfill.c"],
               extra_compile_args=["-O2"], optional=True),
 ])

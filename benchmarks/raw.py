@@ -28,6 +28,7 @@ from unicorn import x86_const as X
 
 from hypervisor.image.multiboot import BOOT_MAGIC, MULTIBOOT_INFO_ADDR, multiboot_info, parse_kernel
 from hypervisor.machine.cpu import Cpu, _private_offsets
+from hypervisor.machine.native.tlbfill import TlbFill
 from hypervisor.machine.pc import BOOT_CS, BOOT_DS, BOOT_GDT, BOOT_GDT_ADDR
 
 COM1_DATA, COM1_LCR, COM1_LSR, COM1_SCRATCH = 0x3F8, 0x3FB, 0x3FD, 0x3FF
@@ -48,8 +49,20 @@ class RawResult:
     halted_reason: str
 
 
-def run_raw(image: bytes, memory_mib: int = 64, count: int = 0) -> RawResult:
-    """Run a Multiboot image on a plain Unicorn; ``count=0`` runs it uncounted."""
+class _BareCpu:
+    """What TlbFill asks of a CPU, for a bare ``Uc``."""
+
+    def __init__(self, uc: Uc):
+        self.uc = uc
+
+    def read(self, reg: int) -> int:
+        return self.uc.reg_read(reg)
+
+
+def run_raw(image: bytes, memory_mib: int = 64, count: int = 0, tlb_fill: bool = False) -> RawResult:
+    """Run a Multiboot image on a plain Unicorn; ``count=0`` runs it uncounted. ``tlb_fill``
+    gives it hvsim's C TLB fill (machine/native/tlbfill.c), which keeps data stores off
+    Unicorn's slow path: the fastest this engine runs the guest, the floor for native."""
     ram = memory_mib << 20
     kernel = parse_kernel(image, ram)
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
@@ -93,6 +106,8 @@ def run_raw(image: bytes, memory_mib: int = 64, count: int = 0) -> RawResult:
 
     uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN)
     uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
+    if tlb_fill:
+        TlbFill(_BareCpu(uc), native=True)     # the benchmark guests never turn paging on
 
     reason = "stopped"
     started, started_cpu = time.perf_counter(), time.process_time()

@@ -45,6 +45,7 @@ import unicorn  # noqa: E402
 
 from benchmarks.qemu import EMPTY_GUEST, QEMU, find_qemu, qemu_version, run_qemu  # noqa: E402
 from benchmarks.raw import run_raw  # noqa: E402
+from hypervisor.machine.native.tlbfill import native_fill  # noqa: E402
 from hypervisor.session import build_domain, load_image_bytes  # noqa: E402
 from hypervisor.techniques import TECHNIQUES  # noqa: E402
 
@@ -54,7 +55,7 @@ MICRO_DIR = HERE / "micro"
 DEFAULT_OUTPUT = HERE / "results" / "latest.json"
 MAX_INSTRUCTIONS = 5_000_000_000
 MEMORY_MIB = 64
-RAW, RAW_UNCOUNTED = "raw", "raw-uncounted"
+RAW, RAW_UNCOUNTED, RAW_FILL = "raw", "raw-uncounted", "raw-fill"
 QEMU_VARIANT = "qemu"
 BASELINE = "native"
 QEMU_TIMEOUT_S = 600
@@ -114,14 +115,16 @@ class Sample:
 
 def variants(with_qemu: bool = False) -> list[str]:
     """Every technique, then the two bare-Unicorn runs, then QEMU if it is measured."""
-    return list(TECHNIQUES) + [RAW, RAW_UNCOUNTED] + ([QEMU_VARIANT] if with_qemu else [])
+    raw = [RAW, RAW_UNCOUNTED] + ([RAW_FILL] if native_fill() is not None else [])
+    return list(TECHNIQUES) + raw + ([QEMU_VARIANT] if with_qemu else [])
 
 
 def run_once(image: bytes, variant: str, qemu: "QemuRunner | None" = None) -> Sample:
     if variant == QEMU_VARIANT:
         return qemu.run(image)
-    if variant in (RAW, RAW_UNCOUNTED):
-        r = run_raw(image, MEMORY_MIB, count=MAX_INSTRUCTIONS if variant == RAW else 0)
+    if variant in (RAW, RAW_UNCOUNTED, RAW_FILL):
+        r = run_raw(image, MEMORY_MIB, count=MAX_INSTRUCTIONS if variant == RAW else 0,
+                    tlb_fill=variant == RAW_FILL)
         return Sample(r.wall_s, r.cpu_s, r.instructions, {}, r.exit_code, r.halted_reason, r.console)
     domain = build_domain(image, variant, MEMORY_MIB, MAX_INSTRUCTIONS)
     try:
@@ -352,7 +355,7 @@ def bench_guests(names: list[str], repeats: int, anomalies: list[str], qemu: Qem
 def micro_variants(pair: MicroPair) -> list[str]:
     """The variants that run ``pair``: never QEMU (its start-up varies by more than a loop
     takes), and raw Unicorn only where the loop needs no delivery through the IDT."""
-    return [v for v in variants() if pair.raw_runs or v not in (RAW, RAW_UNCOUNTED)]
+    return [v for v in variants() if pair.raw_runs or v not in (RAW, RAW_UNCOUNTED, RAW_FILL)]
 
 
 def bench_micro(repeats: int, anomalies: list[str], only: list[str] | None = None,
@@ -406,7 +409,7 @@ def bench_micro(repeats: int, anomalies: list[str], only: list[str] | None = Non
                        "median_with_s": round(statistics.median(cpus[v][pair.loop]), 6),
                        "median_without_s": round(statistics.median(cpus[v][pair.baseline]), 6),
                        # raw runs keep no exit accounting: None, not 0
-                       "exits_per_op": None if v in (RAW, RAW_UNCOUNTED) else round(exits_per_op[v], 5),
+                       "exits_per_op": None if v in (RAW, RAW_UNCOUNTED, RAW_FILL) else round(exits_per_op[v], 5),
                        "exits": {kind: round(x, 5) for kind, x in sorted(exits[v].items())}}
         results[pair.name] = {"what": pair.what, "k": k, "loop": pair.loop,
                               "baseline_loop": pair.baseline, "per_op_us": rows}
@@ -476,6 +479,10 @@ def summary_lines(name: str, g: dict) -> list[str]:
                      f"{_target(q, TARGET_NATIVE_OVER_QEMU.get(name), at_least=False)}"
                      + (f"; NOISY: QEMU's net {qemu['median_s']:.3f} s is within its start-up's scatter "
                         f"(IQR {qemu['startup_spread_s']:.3f} s)" if noisy else ""))
+    fill = g["variants"].get(RAW_FILL)
+    if fill is not None and fill["median_s"] > 0:
+        lines.append(f"{pad}native speed = {fill['median_s'] / g['variants']['native']['median_s']:.3f} × raw-fill "
+                     "(bare Unicorn with the same C TLB fill: the fastest this engine runs the guest)")
     lines.append(f"{pad}exact counting costs raw {g['counting_overhead']:.3f}× (raw ÷ raw-uncounted)")
     return lines
 

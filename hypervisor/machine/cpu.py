@@ -62,7 +62,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-from unicorn import UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR, Uc
+from unicorn import UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR, Uc, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -84,6 +84,10 @@ WIDE_NAME = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi", "d
              "bp": "ebp", "sp": "esp"}
 
 CR0_PE = 1 << 0
+# blockhook.STOP_*: why the block hook stopped the CPU before a block.
+_STOP_DEADLINE, _STOP_UNKNOWN, _STOP_CROSSING, _STOP_IO = 1, 3, 4, 5
+# Port I/O, as capstone names it (after any rep prefix).
+_IO_MNEMONICS = frozenset(("in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd"))
 EFLAGS_IF = 1 << 9
 EFLAGS_IOPL = 3 << 12
 
@@ -93,6 +97,20 @@ EFLAGS_IOPL = 3 << 12
 _lib = ctypes.CDLL(uclib._name)
 _reg_read, _reg_write = _lib.uc_reg_read, _lib.uc_reg_write
 _reg_read.restype = _reg_write.restype = ctypes.c_int
+_reg_read_batch, _reg_write_batch = _lib.uc_reg_read_batch, _lib.uc_reg_write_batch
+_reg_read_batch.restype = _reg_write_batch.restype = ctypes.c_int
+
+
+class _Batch:
+    """Preallocated arguments of ``uc_reg_read_batch``/``uc_reg_write_batch`` for one tuple of
+    registers: one ctypes call for the lot (~0.2 µs a register fewer than one call each)."""
+
+    def __init__(self, regs: tuple[int, ...]):
+        n = len(regs)
+        self.count = n
+        self.ids = (ctypes.c_int * n)(*regs)
+        self.values = (ctypes.c_uint64 * n)()
+        self.pointers = (ctypes.c_void_p * n)(*(ctypes.addressof(self.values) + 8 * i for i in range(n)))
 
 
 class CpuError(RuntimeError):
@@ -105,6 +123,9 @@ HF_INHIBIT_IRQ_MASK = 1 << 3     # the sti / mov ss interrupt shadow
 HF_PE_MASK = 1 << 7
 
 _GPRS = (EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI)
+_RING_ENTRY = (SS, CS, ESP, EFLAGS, EIP)
+_DATA_SEGMENTS = (ES, DS, FS, GS)
+_DESC_CS, _DESC_C = 1 << 11, 1 << 10      # in a segment cache's flags: code, conforming
 # Two selectors past the probe GDT's limit: loading one into DS is #GP(selector & 0xFFFC).
 _PROBE_SELECTORS = (0x0FFB, 0x1233)
 
@@ -305,10 +326,76 @@ def _probe_faults(uc: Uc, context_env: int, hflags: int) -> tuple[int, int]:
     return error[0], old[0]
 
 
+class _SegmentCache(ctypes.Structure):
+    """QEMU's SegmentCache (target/i386/cpu.h) on a 64-bit target: what the CPU keeps of a
+    loaded selector. ``segment_layout`` checks the layout before anything relies on it."""
+    _fields_ = (("selector", ctypes.c_uint32), ("base", ctypes.c_uint64),
+                ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32))
+
+
+# QEMU's order of env->segs[] (R_ES .. R_GS) and the descriptor-table caches that follow them.
+_SEGMENT_INDEX = {ES: 0, CS: 1, SS: 2, DS: 3, FS: 4, GS: 5}
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """Offsets in env of the segment caches (segs[6], then ldt, tr, gdt, idt, 24 bytes each)."""
+    segs: int
+    ldt: int
+    tr: int
+    gdt: int
+    idt: int
+
+
+@lru_cache(maxsize=None)
+def segment_layout() -> SegmentLayout:
+    """Find env->segs[], ldt, tr, gdt and idt by experiment on a scratch CPU.
+
+    In real mode a segment write is a plain load (base = selector * 16), and the table
+    registers are written as given: distinct values in each locate every cache and check
+    the 24-byte SegmentCache layout. Reading a cache then costs ~0.1 µs, where a
+    ``uc_reg_read`` through ctypes costs ~0.6 µs and gives no flags for DS..GS.
+    """
+    uc = _scratch_cpu()
+    context_env = private_layout().context_env
+    values = {GDTR: (0, 0x11223000, 0x7F7, 0), IDTR: (0, 0x44556000, 0x3F7, 0),
+              LDTR: (0x18, 0x778800, 0xABC, 0x8200), TR: (0x28, 0x99AA00, 0x67, 0x8900)}
+    uc.reg_write(CR0, 0x10)                  # real mode: a segment write is a plain load
+    for reg, value in values.items():
+        uc.reg_write(reg, value)
+    for reg, selector in ((ES, 0x2345), (DS, 0x1234), (FS, 0x3456), (GS, 0x4567)):
+        uc.reg_write(reg, selector)
+    state = _context_bytes(uc.context_save())[context_env:]
+
+    def cache_at(base: int) -> int:
+        found = [o - 8 for o in range(8, len(state) - 16, 8) if struct.unpack_from("<Q", state, o)[0] == base]
+        if len(found) != 1:
+            raise CpuError(f"cannot locate the segment cache with base {base:#x} (candidates {found})")
+        return found[0]
+
+    layout = SegmentLayout(segs=cache_at(0x23450), ldt=cache_at(0x778800), tr=cache_at(0x99AA00),
+                           gdt=cache_at(0x11223000), idt=cache_at(0x44556000))
+    cache = _SegmentCache.from_buffer_copy
+    checks = [(layout.segs + 24 * _SEGMENT_INDEX[reg], selector, selector << 4)
+              for reg, selector in ((ES, 0x2345), (DS, 0x1234), (FS, 0x3456), (GS, 0x4567))]
+    checks += [(getattr(layout, name), values[reg][0], values[reg][1])
+               for name, reg in (("ldt", LDTR), ("tr", TR), ("gdt", GDTR), ("idt", IDTR))]
+    for offset, selector, base in checks:
+        got = cache(state[offset:offset + ctypes.sizeof(_SegmentCache)])
+        if (got.selector & 0xFFFF, got.base) != (selector, base):
+            raise CpuError(f"the segment cache at {offset:#x} does not have QEMU's SegmentCache layout")
+    if (layout.ldt, layout.tr, layout.gdt, layout.idt) != tuple(layout.segs + 24 * i for i in range(6, 10)):
+        raise CpuError(f"the segment caches are not in QEMU's order: {layout}")
+    if (values[GDTR][2], values[IDTR][2]) != (cache(state[layout.gdt:layout.gdt + 24]).limit,
+                                              cache(state[layout.idt:layout.idt + 24]).limit):
+        raise CpuError("the descriptor-table caches do not hold their limits where QEMU does")
+    return layout
+
+
 class Cpu:
     """One x86 CPU: a Unicorn instance plus fast register access and the tricks above."""
 
-    def __init__(self, tcg_buffer_mib: int = 128):
+    def __init__(self, tcg_buffer_mib: int = 128, counting: str | None = None):
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self.uc.ctl_set_tcg_buffer_size(tcg_buffer_mib << 20)
         self._handle = self.uc._uch
@@ -320,10 +407,20 @@ class Cpu:
         if env is None:
             raise CpuError("this CPU's state is not where the probe found it")
         self._stopped_at: int | None = None
+        self._reads: dict[tuple[int, ...], _Batch] = {}
+        self._writes: dict[tuple[int, ...], _Batch] = {}
         self._hflags = ctypes.c_uint32.from_address(env + layout.hflags)
         self.eflags_address = env + layout.eflags       # where IF lives, for the native block hook
+        self.hflags_address = env + layout.hflags       # where the CPL lives, for its I/O guard
         self._error_code = ctypes.c_int32.from_address(env + layout.error_code)
         self._old_exception = ctypes.c_int32.from_address(env + layout.old_exception)
+        self._env = env
+        segments = segment_layout()
+        self._caches = {reg: _SegmentCache.from_address(env + segments.segs + 24 * i)
+                        for reg, i in _SEGMENT_INDEX.items()}
+        for reg, name in ((LDTR, "ldt"), (TR, "tr"), (GDTR, "gdt"), (IDTR, "idt")):
+            self._caches[reg] = _SegmentCache.from_address(env + getattr(segments, name))
+        self._start_counting(counting)
 
     # -- registers -----------------------------------------------------------------
     def read(self, reg: int) -> int:
@@ -350,19 +447,31 @@ class Cpu:
         return _reg_write(self._handle, reg, self._ref) == 0
 
     def table_register(self, reg: int) -> tuple[int, int]:
-        """(base, limit) of GDTR or IDTR."""
-        _, base, limit, _ = self.uc.reg_read(reg)
-        return base, limit
+        """(base, limit) of GDTR or IDTR, read from the CPU's state directly."""
+        cache = self._caches[reg]
+        return cache.base, cache.limit
 
     def set_table_register(self, reg: int, base: int, limit: int) -> None:
-        self.uc.reg_write(reg, (0, base, limit, 0))
+        """Load GDTR or IDTR. Unicorn's own write only stores the base (cut to 32 bits in
+        32-bit mode) and the limit (qemu/target/i386/unicorn.c), so the cache is written
+        directly, which also lets a monitor put its own tables above 4 GiB, where QEMU's
+        descriptor reads go (they use the full base) and no 32-bit guest address reaches."""
+        cache = self._caches[reg]
+        cache.base, cache.limit = base, limit & 0xFFFF
 
     def segment_register(self, reg: int) -> tuple[int, int, int, int]:
-        """(selector, base, limit, flags) of LDTR or TR."""
-        return tuple(self.uc.reg_read(reg))
+        """(selector, base, limit, flags) of LDTR or TR (or any segment register: its cache,
+        as QEMU keeps it; flags are the descriptor's high dword masked with 0x00F0FF00)."""
+        cache = self._caches[reg]
+        return cache.selector & 0xFFFF, cache.base, cache.limit, cache.flags
 
     def set_segment_register(self, reg: int, selector: int, base: int, limit: int, flags: int) -> None:
-        self.uc.reg_write(reg, (selector, base, limit, flags))
+        """Load LDTR or TR as given (Unicorn's own write is these four stores, with the base cut
+        to 32 bits: written directly for the same reason as ``set_table_register``)."""
+        if reg not in (LDTR, TR):
+            raise CpuError("set_segment_register loads LDTR or TR only")
+        cache = self._caches[reg]
+        cache.selector, cache.base, cache.limit, cache.flags = selector & 0xFFFF, base, limit, flags
 
     @property
     def cpl(self) -> int:
@@ -370,31 +479,353 @@ class Cpu:
         return self._hflags.value & HF_CPL_MASK
 
     # -- the instruction counter ------------------------------------------------------
-    def run(self, eip: int, until: int, count: int) -> None:
-        """``emu_start`` for exactly ``count`` instructions at most (see ``executed``)."""
+    # Two ways to count, chosen once per CPU (code translated for one cannot run under the
+    # other without a flush, see UNICORN.md "Time"):
+    #   "block": the default. The native block hook (native/blockhook.py) adds each
+    #            translated block's instruction count as the block starts, and stops the CPU
+    #            at the first block boundary at or after the budget (exactly at it for an
+    #            ``exact`` run). No per-instruction cost.
+    #   "count": ``emu_start(count=N)``, exact to the instruction, ~2x slower; the fallback
+    #            when the C hook is missing, and what HVSIM_COUNTING=count forces.
+    def _start_counting(self, counting: str | None) -> None:
+        from .native import blockhook        # machine/native is part of the machine
+        counting = counting or os.environ.get("HVSIM_COUNTING") or "block"
+        if counting not in ("block", "count"):
+            raise CpuError(f"unknown counting mode {counting!r} (block or count)")
+        callback = blockhook.load_native()
+        if counting == "block" and callback is None:
+            blockhook.warn_once(blockhook.why_not() or "not loaded")
+            counting = "count"
+        self.counting = counting
+        self.block_hook = blockhook.BlockHook(self, callback, counting == "block") if callback else None
+        self._record = self.block_hook.record if counting == "block" else None
+        self._running = False
+        self._cuts: list[tuple[int, int, int, int, int]] = []
+        self._stop_eip: int | None = None   # EIP when a hook asked the running slice to stop
+        self._stop_count = 0                # and the count there
+        self._failed = False                # the last run ended with a UcError
+        self._partials: dict[tuple[int, int, int, int], int] = {}
+        self._blocks: dict[bytes, tuple[int, int, int]] = {}   # code -> (icount, flags, first I/O offset)
+        self._disasm = None
+        self.refused_io: tuple[int, int] | None = None   # (EIP, length) of port I/O the guard refused
+        self._fault_mark: tuple[int, int] | None = None  # (counter, block) when a fault hook last ran
+        # How the counter reads guest code by linear address; the monitor that runs the CPU
+        # sets its own (paging); by default linear is physical.
+        self.code_reader = self.uc.mem_read
+
+    def count_every_instruction(self) -> None:
+        """Count with ``count=`` from now on: for a monitor whose hooks need EIP exact on every
+        instruction (with block counting, a hook called from inside a QEMU helper, such as
+        the CPU's own descriptor read for a segment load, sees EIP at the block's start).
+        Only before the CPU has run any code (code translated for one mode must not run
+        under the other)."""
+        if self._record is not None:
+            self._record.counting = 0
+            self._record.io_guard = 0
+            self._record = None
+            self.counting = "count"
+            self.uc.ctl_flush_tb()
+
+    def refuse_port_io_above_iopl(self, on: bool = True) -> None:
+        """Have block counting stop *before* port I/O that runs with CPL > IOPL (a #GP on a
+        real CPU; Unicorn runs it), with every instruction before it in its block done:
+        ``run`` then ends with ``refused_io`` set and EIP on the instruction, which has
+        not run but is counted, as ``count=`` counts a faulting instruction.
+
+        An I/O hook cannot do this: Unicorn finishes the block after it whatever the hook
+        asks. Needs block counting and QEMU's CPL; otherwise nothing changes (the monitor's
+        I/O hooks refuse the access as before)."""
+        r = self._record
+        if r is not None and r.eflags_at and r.hflags_at:
+            r.io_guard = int(on)
+
+    def refuse_port_io_from_cpl(self, cpl: int | None) -> None:
+        """As ``refuse_port_io_above_iopl``, for a technique that keeps the IOPL virtual: stop
+        before port I/O that runs at (real) CPL ``cpl`` or above; None: never. The technique
+        must say so again whenever its rule changes (the guest's virtual IOPL)."""
+        r = self._record
+        if r is not None and r.eflags_at and r.hflags_at:
+            r.io_guard, r.io_guard_cpl = (0, 0) if cpl is None else (2, cpl)
+
+    def run(self, eip: int, until: int, count: int, exact: bool = False) -> None:
+        """Run from ``eip`` for ``count`` instructions (see ``executed`` for what ran).
+
+        Block counting stops at the first block boundary at or after ``count``, so a run may
+        retire a few instructions more than ``count`` (less than one block); with ``exact``
+        it stops at ``count`` itself (a block that would cross it runs only its first
+        instructions, ``_run_prefix``). ``count=`` always stops exactly at ``count``.
+        """
         self._stopped_at = None
-        self.uc.emu_start(eip, until, count=count)
+        self.refused_io = None
+        r = self._record
+        if r is None:
+            self.uc.emu_start(eip, until, count=count)
+            return
+        r.counter, r.deadline, r.stopped, r.exact = 0, count, 0, int(exact)
+        r.block_address, r.block_size, r.block_icount = 0, 0, 0
+        self._cuts.clear()
+        self._stop_eip = None
+        self._fault_mark = None
+        self._failed = False
+        self._running = True
+        try:
+            while True:
+                try:
+                    self.uc.emu_start(eip, until)
+                except UcError:
+                    self._failed = True     # EIP on the instruction that could not run
+                    raise
+                why = r.stopped
+                if why == _STOP_UNKNOWN:    # learn the block, then run it
+                    self._learn(r.unknown_address, r.unknown_size)
+                elif why == _STOP_CROSSING:  # run the block's first instructions up to the deadline
+                    self._run_prefix(r.unknown_address, r.unknown_size, r.deadline - r.counter, until)
+                    break
+                elif why == _STOP_IO:       # run up to the I/O instruction, which is refused
+                    if not self._run_to_io(r.unknown_address, r.unknown_size, until):
+                        break
+                else:
+                    break
+                r.stopped = 0
+                eip = self.read(EIP)
+        finally:
+            self._running = False
+
+    def _learn(self, address: int, size: int) -> None:
+        """Count a block's instructions (and find its port I/O) for the block hook's cache."""
+        icount, flags, _ = self._decode_block(address, size)
+        self.block_hook.learn(address, size, icount, flags)
+
+    def _decode_block(self, address: int, size: int) -> tuple[int, int, int]:
+        """(instructions, cache flags, offset of the first in/out/ins/outs or -1) of the
+        ``size`` bytes at linear ``address`` (bytes that do not decode: one instruction, the
+        one that faults)."""
+        from .native.blockhook import HAS_IO, IO_KNOWN
+        try:
+            code = bytes(self.code_reader(address, size))
+        except Exception:                   # unreadable: the block is one faulting instruction
+            return 1, IO_KNOWN, -1
+        known = self._blocks.get(code)
+        if known is None:
+            n = end = 0
+            first_io = -1
+            for offset, length, mnemonic, _ in self._disassembler().disasm_lite(code, 0):
+                if first_io < 0 and mnemonic.split()[-1] in _IO_MNEMONICS:
+                    first_io = offset
+                n, end = n + 1, end + length
+            n += 1 if end < size else 0
+            known = self._blocks[code] = (n, IO_KNOWN | (HAS_IO if first_io >= 0 else 0), first_io)
+        return known
+
+    def _run_to_io(self, start: int, size: int, until: int) -> bool:
+        """The block at ``start`` holds port I/O and runs with CPL > IOPL: run it up to the
+        first I/O instruction, and refuse that one. False when the run ended there (or at
+        the deadline, or elsewhere because a hook acted); True to go on running."""
+        r = self._record
+        _, _, first_io = self._decode_block(start, size)
+        if first_io < 0:                    # the code changed since the hook learned it
+            self._learn(start, size)
+            r.stopped = 0
+            return True
+        before = self._count_instructions(start, first_io)
+        if r.exact and r.counter + before > r.deadline:
+            self._run_prefix(start, size, r.deadline - r.counter, until)
+            return False
+        if before and not self._run_prefix(start, size, before, until):
+            return False
+        at = (start + first_io) & 0xFFFFFFFF
+        insn = next(self._disassembler().disasm_lite(bytes(self.code_reader(at, 16)), at), None)
+        r.counter += 1                      # the refused instruction, as count= counts a fault
+        r.block_address, r.block_size, r.block_icount = 0, 0, 0
+        self.refused_io = (at, insn[1] if insn else 1)
+        return False
+
+    def _run_prefix(self, start: int, size: int, n: int, until: int) -> bool:
+        """Run only the first ``n`` instructions of the block at ``start`` (the CPU is stopped
+        before it), counting them: True when the CPU ended after exactly those.
+
+        Unicorn stops at ``emu_start``'s end address only where it *translates* it, as a
+        hlt in place of that instruction: so the block is dropped, run with the end
+        address after ``n`` instructions (translated again, shorter), and the short block
+        dropped again so that no later run meets its hlt. A run that went elsewhere (a
+        fault's handler may have translated other code with that hlt) drops every block.
+        """
+        r = self._record
+        if n <= 0:
+            return True
+        end = start + self._prefix_length(start, size, n)
+        before, cuts = r.counter, len(self._cuts)
+        self.uc.ctl_remove_cache(start, start + 1)
+        self.block_hook.dropped_own_blocks()
+        self.block_hook.learn(start, end - start, n, self._decode_block(start, end - start)[1])
+        r.stopped = 0
+        try:
+            self.uc.emu_start(start, end)
+        except UcError:
+            self._failed = True
+            self.uc.ctl_flush_tb()
+            raise
+        clean = (self.read(EIP) == end and r.counter == before + n and not r.stopped
+                 and len(self._cuts) == cuts and self._stop_eip is None)
+        if clean:
+            self.uc.ctl_remove_cache(start, start + 1)
+            self.block_hook.dropped_own_blocks()
+        else:
+            self.uc.ctl_flush_tb()
+        return clean
+
+    def _prefix_length(self, start: int, size: int, n: int) -> int:
+        """Bytes of the first ``n`` instructions of the block at ``start``."""
+        code = bytes(self.code_reader(start, size))
+        end = 0
+        for i, (_, length, _, _) in enumerate(self._disassembler().disasm_lite(code, start)):
+            if i == n:
+                break
+            end += length
+        return end
+
+    def set_deadline(self, count: int) -> bool:
+        """Move the running slice's end to ``count`` instructions from its start (taken at the
+        first block boundary at or after it); False where only a stop can end it (``count=``)."""
+        r = self._record
+        if r is None:
+            return False
+        r.deadline = count
+        return True
 
     def stop(self) -> None:
-        """``emu_stop`` from a hook, remembering how many instructions had run.
+        """End the running slice, from a hook.
 
-        Unicorn notices the stop at the next instruction's exit check, which comes after
-        that instruction has already bumped the counter: without this, every stop from a
-        port-I/O hook would count one instruction that never ran.
+        With ``count=``, Unicorn notices ``emu_stop`` at the next instruction's exit check,
+        which comes after that instruction has already bumped the counter: the count at the
+        request is remembered, or every stop from a port-I/O hook would count one
+        instruction that never ran.
+
+        With blocks, Unicorn would notice ``emu_stop`` at the next block start or (2.1.4)
+        after the next guest memory access, whichever comes first: an I/O hook cannot end
+        its block. So the stop is asked of the block hook instead: the slice ends at the
+        next block start, before that block runs, the instruction boundary where QEMU
+        itself takes an interrupt; where that is depends only on the code. The count at
+        the request is remembered too, for a run that ends there (``executed_at_stop``).
         """
-        if self._stopped_at is None:
-            self._stopped_at = self._counter.value
-        self.uc.emu_stop()
+        r = self._record
+        if r is None:
+            if self._stopped_at is None:
+                self._stopped_at = self._counter.value
+            self.uc.emu_stop()
+            return
+        if not self._running:
+            self.uc.emu_stop()
+            return
+        if self._fault_mark == (r.counter, r.block_address):
+            # From a fault's hook (no block has started since): the exception has ended the
+            # block, and the CPU may not reach another block start (a fault on the fetch
+            # repeats for ever), so emu_stop, which Unicorn notices before anything else runs.
+            self.uc.emu_stop()
+        if self._stop_eip is None:
+            self._stop_eip = self.read(EIP)
+            self._stop_count = self.executed(0)
+        r.deadline = 0
+
+    def executed_at_stop(self, count: int) -> int:
+        """Instructions executed up to and including the one whose hook asked for the stop:
+        for a run that ends there (isa-debug-exit, a crash), the count ``count=`` gives.
+        The CPU ran on to the end of that block (``stop``)."""
+        if self._record is None or self._stop_eip is None:
+            return self.executed(count)
+        return self._stop_count
+
+    def ran_out(self, count: int) -> bool:
+        """Did the last run end because it reached its budget (or a deadline moved in by
+        ``set_deadline``, or a ``stop``), rather than by the guest (hlt) or a hook's own stop?"""
+        r = self._record
+        if r is None:
+            return self.executed(count) >= count
+        return r.stopped == _STOP_DEADLINE or (r.exact and r.counter >= r.deadline)
+
+    def cut_block(self, eip: int | None = None) -> None:
+        """From a fault's hook: the running block ends at ``eip`` (default: EIP), the faulting instruction.
+
+        The block hook counted the whole block when it started; the instructions after
+        ``eip`` never ran (the CPU goes to a handler, or back to ``eip``). The faulting
+        instruction itself counts as one, as ``count=`` counts it (its count is taken
+        before it runs). Settled when the count is next read.
+        """
+        r = self._record
+        if r is None:
+            return
+        self._fault_mark = (r.counter, r.block_address)    # no block has started since this fault
+        r.after_fault = 1                   # the hook may write EIP: see blockhook.c, skip_sync_at
+        if not r.block_icount:
+            return
+        if eip is None:
+            eip = self.read(EIP)
+        if r.block_address <= eip < r.block_address + r.block_size:
+            self._cuts.append((r.block_address, r.block_size, r.block_icount, eip, 1))
+            r.block_icount = 0              # the block is settled: nothing more of it runs
 
     def executed(self, count: int) -> int:
-        """Instructions executed by the last ``run(count=count)``.
+        """Instructions executed by the last ``run(count=count)``, or so far in the running one.
 
-        The counter is bumped before each instruction runs; when the budget stops the
-        CPU it has been bumped once more for the instruction that did not run, and a stop
-        asked from a hook may have bumped it for the next one (``stop``).
+        ``count=``: the counter is bumped before each instruction runs; when the budget
+        stops the CPU it has been bumped once more for the instruction that did not run,
+        and a stop asked from a hook may have bumped it for the next one (``stop``).
+
+        Blocks: every block entered is counted whole. Inside a hook (EIP on the instruction
+        the hook is about) the count is the blocks before the current one, plus its
+        instructions from its start to EIP, plus the instruction at EIP. After the run, the
+        block hook's stops (deadline, window, a hook's ``stop``) are on a block boundary; a
+        run that failed left EIP on the instruction that could not run, which counts; any
+        other stop left EIP on the next instruction to run, and the instructions before it
+        in its block are counted.
         """
-        done = min(self._counter.value, count)
-        return done if self._stopped_at is None else min(done, self._stopped_at)
+        r = self._record
+        if r is None:
+            done = min(self._counter.value, count)
+            return done if self._stopped_at is None else min(done, self._stopped_at)
+        if self._cuts:
+            self._settle_cuts()
+        if not r.block_icount or (not self._running and r.stopped):
+            return r.counter
+        eip = self.read(EIP)
+        start = r.block_address
+        if not start <= eip < start + r.block_size:
+            return r.counter                # the block ran to its end
+        done = self._partial(start, r.block_size, r.block_icount, eip)
+        if self._running or self._failed:
+            done += 1                       # the instruction the hook (or the error) is about
+        return r.counter - r.block_icount + done
+
+    def _settle_cuts(self) -> None:
+        r = self._record
+        marked = self._fault_mark == (r.counter, r.block_address)
+        for start, size, icount, eip, current in self._cuts:
+            r.counter -= icount - (self._partial(start, size, icount, eip) + current)
+        self._cuts.clear()
+        if marked:
+            self._fault_mark = (r.counter, r.block_address)
+
+    def _partial(self, start: int, size: int, icount: int, eip: int) -> int:
+        """Instructions from a block's ``start`` up to (not including) ``eip``."""
+        key = (start, size, icount, eip)
+        done = self._partials.get(key)
+        if done is None:
+            done = min(self._count_instructions(start, eip - start), icount) if eip > start else 0
+            self._partials[key] = done
+        return done
+
+    def _disassembler(self):
+        if self._disasm is None:
+            from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+            self._disasm = Cs(CS_ARCH_X86, CS_MODE_32)
+        return self._disasm
+
+    def _count_instructions(self, address: int, size: int) -> int:
+        """How many instructions the ``size`` bytes at linear ``address`` hold (decoded once;
+        bytes that do not decode count as one instruction, the one that faults)."""
+        if size <= 0:
+            return 0
+        return self._decode_block(address, size)[0]
 
     # -- exceptions and the interrupt shadow ------------------------------------------------
     def exception_error_code(self) -> int:
@@ -429,17 +860,87 @@ class Cpu:
     def enter_ring0(self, cs: int, ss: int) -> None:
         """Drop the CPU to CPL 0 with ring-0 selectors ``cs``/``ss`` from the current GDT.
 
-        With CR0.PE clear, a segment load is a real-mode load whose DPL is 0, and QEMU
-        takes the CPL from SS: so one SS write in "real mode" makes the CPU ring 0.
+        QEMU keeps the CPL in hflags and checks a segment load against it; loading SS then
+        sets it to the new SS's DPL. So the CPL is written to 0 and SS and CS loaded, as the
+        hardware's own ring transition does, with no CR0 change (toggling CR0.PE would work
+        too, but every PE change flushes Unicorn's TLB: twice per exit). On a refused load
+        the CPL is put back.
         """
-        cr0 = self.read(CR0)
-        self.write(CR0, cr0 & ~CR0_PE)
-        self.write(SS, 0)
-        self.write(CR0, cr0)
+        old = self._hflags.value
+        self._hflags.value = old & ~HF_CPL_MASK
         if not self.try_write(SS, ss):
+            self._hflags.value = old
             raise CpuError(f"cannot load ring-0 SS {ss:#x}")
         if not self.try_write(CS, cs):
             raise CpuError(f"cannot load ring-0 CS {cs:#x}")
+
+    def load_ring(self, cpl: int, cs: int, ss: int, esp: int, eflags: int, eip: int) -> bool:
+        """Enter CS:EIP, SS:ESP and EFLAGS at ring ``cpl``, in one batch, as a far transfer does.
+
+        The CPL is set first (QEMU checks each segment load against it, and the SS load
+        then sets it from SS's DPL), so this goes inward or outward alike. It does not
+        touch the data segments: an event's delivery leaves them alone; a return to an
+        outer ring must then call ``drop_segments_above`` as iret does. False where the CPU
+        refuses a selector: the registers before it are loaded, so the caller must load
+        a known state (or end the run).
+        """
+        old = self._hflags.value
+        self._hflags.value = (old & ~HF_CPL_MASK) | cpl
+        if not self.write_batch(_RING_ENTRY, (ss, cs, esp, eflags, eip)):
+            self._hflags.value = old
+            return False
+        return True
+
+    def drop_segments_above(self, cpl: int) -> None:
+        """After a return to ring ``cpl``: null each data segment (and non-conforming code
+        segment) in DS, ES, FS, GS that is more privileged than ``cpl``, as iret and retf
+        do (QEMU's validate_seg, from the segment caches; a null FS or GS stays as it is)."""
+        caches = self._caches
+        for reg in _DATA_SEGMENTS:
+            flags = caches[reg].flags
+            if (flags >> 13) & 3 >= cpl or flags & _DESC_CS and flags & _DESC_C:
+                continue                    # usable at the new ring (the common case)
+            if reg in (FS, GS) and caches[reg].selector & 0xFFFC == 0:
+                continue
+            self.write(reg, 0)
+
+    # -- batched access: an exit's registers in one call ------------------------------------
+    def read_batch(self, regs: tuple[int, ...]) -> list[int]:
+        """The values of ``regs`` (a tuple, reused: its arguments are built once).
+
+        Reads and writes keep separate slots: a read slot only ever holds what Unicorn
+        wrote for that register, so a 16-bit register's upper bytes stay zero unasked."""
+        batch = self._reads.get(regs)
+        if batch is None:
+            batch = self._reads[regs] = _Batch(regs)
+        if _reg_read_batch(self._handle, batch.ids, batch.pointers, batch.count):
+            raise CpuError(f"reg_read_batch({regs}) failed")
+        return batch.values[:]
+
+    def write_batch(self, regs: tuple[int, ...], values) -> bool:
+        """Write ``regs`` in order (``values`` as many, each below 2**64); False where the CPU
+        refused one (a bad segment): the registers before it are written, it and those after
+        are not."""
+        batch = self._writes.get(regs)
+        if batch is None:
+            batch = self._writes[regs] = _Batch(regs)
+        batch.values[:] = values
+        return _reg_write_batch(self._handle, batch.ids, batch.pointers, batch.count) == 0
+
+    def state_addresses(self) -> tuple[int, int, int]:
+        """Where QEMU keeps CS's base, SS's base and ESP (each a u64), for C code that must
+        read them inside a hook: env begins with the general registers (``_probe_env``)."""
+        base = _SegmentCache.base.offset
+        return (ctypes.addressof(self._caches[CS]) + base, ctypes.addressof(self._caches[SS]) + base,
+                self._env + 8 * _GPRS.index(ESP))
+
+    def running_block(self) -> tuple[int, int] | None:
+        """(address, size) of the translated block running now, where instructions are counted
+        per block; None where every instruction is counted (EIP is then exact in every hook)."""
+        r = getattr(self, "_record", None)
+        if r is None or not self._running:
+            return None
+        return r.block_address, r.block_size
 
     # -- what the lead's monitor asks (fallbacks until the probes below provide them) ----------
     def software_interrupt_raised(self) -> bool:
@@ -450,7 +951,7 @@ class Cpu:
     def interrupt_window_watch(self):
         """A native block hook that stops the CPU when IF goes up, or None without one."""
         try:
-            from .native.ifwatch import InterruptWindowWatch
+            from .native.blockhook import InterruptWindowWatch
         except ImportError:
             return None
         return InterruptWindowWatch(self)

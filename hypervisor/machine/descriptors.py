@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 # System descriptor / gate types (S = 0).
 TSS32_AVAILABLE = 0x9
@@ -63,7 +64,9 @@ class Gate:
         return self.type in (INTERRUPT_GATE32, INTERRUPT_GATE16)
 
 
+@lru_cache(maxsize=1 << 12)
 def decode_descriptor(raw: int) -> Descriptor:
+    """Decoded once per distinct raw value: an event decodes the same few descriptors again and again."""
     limit = (raw & 0xFFFF) | ((raw >> 32) & 0xF0000)
     if raw & (1 << 55):                       # G: 4 KiB granularity
         limit = (limit << 12) | 0xFFF
@@ -74,6 +77,7 @@ def decode_descriptor(raw: int) -> Descriptor:
                       big=bool(raw & (1 << 54)), raw=raw)
 
 
+@lru_cache(maxsize=1 << 12)
 def decode_gate(raw: int) -> Gate:
     access = (raw >> 40) & 0xFF
     return Gate(selector=(raw >> 16) & 0xFFFF,

@@ -59,6 +59,7 @@ _NO_PFN = -1                 # M2P value of a frame that backs no pseudo-physica
 _WRITE_PROTECTED = 1         # bits of the per-frame flag byte
 _DYING = 2                   # released while still referenced: freed by the last put_ref
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class OutOfMachineMemory(Exception):
@@ -482,6 +483,12 @@ class GuestMemory:
         if offset <= PAGE_SIZE - 4 and 0 <= paddr and paddr + 4 <= self.size:
             return _U32.unpack_from(self._buffer, self.p2m[paddr >> PAGE_SHIFT] << PAGE_SHIFT | offset)[0]
         return int.from_bytes(self.read(paddr, 4), "little")
+
+    def read_u64(self, paddr: int) -> int:
+        offset = paddr & PAGE_MASK
+        if offset <= PAGE_SIZE - 8 and 0 <= paddr and paddr + 8 <= self.size:
+            return _U64.unpack_from(self._buffer, self.p2m[paddr >> PAGE_SHIFT] << PAGE_SHIFT | offset)[0]
+        return int.from_bytes(self.read(paddr, 8), "little")
 
     def write_u32(self, paddr: int, value: int) -> None:
         self.write(paddr, (value & 0xFFFFFFFF).to_bytes(4, "little"))

@@ -22,6 +22,7 @@ from .descriptors import decode_descriptor, encode_segment, unicorn_flags
 from .devices import standard_pc_devices
 from .devices.bus import PortBus
 from .memory import GuestMemory, MachineMemory
+from .native.tlbfill import TlbFill
 
 # Multiboot leaves the GDTR undefined but CS/DS flat; like QEMU's multiboot loader we
 # give the kernel a small boot GDT in low memory (null, null, code 0x10, data 0x18).
@@ -45,6 +46,9 @@ class PC:
         self.cpu = Cpu()
         self.memory = GuestMemory(machine_memory, ram_bytes, owner=owner)
         self.memory.map_into(self.cpu.uc, UC_PROT_ALL)
+        # While paging is off, the TLB is filled by a C callback that keeps data pages off
+        # Unicorn's slow store path (native/tlbfill.py); the run loop calls tlb.after_run.
+        self.tlb = TlbFill(self.cpu)
         self.clock = VirtualClock()
         self.bus = PortBus()
         self.outcome = GuestOutcome()
@@ -61,7 +65,7 @@ class PC:
         # and of the monitor's own memory, which no guest write may change.
         self.on_write_protected = None
         self.on_monitor_write = None
-        self._write_hook = None
+        self._write_hooks: dict[tuple[int, int], int] = {}
         self._monitor_regions: list[tuple[int, int, mmap.mmap]] = []
 
     # -- events the devices raise -------------------------------------------------------
@@ -86,8 +90,8 @@ class PC:
             mfn = self.memory.p2m[pfn]
             machine.set_write_protected(mfn, on)
             self.cpu.uc.mem_protect(pfn << 12, 0x1000, UC_PROT_READ | UC_PROT_EXEC if on else UC_PROT_ALL)
-        if on and pfns:
-            self._install_write_hook()
+            if on:
+                self._install_write_hook(pfn << 12, 0x1000)
 
     def map_monitor(self, base: int, size: int) -> memoryview:
         """Map ``size`` bytes of monitor memory at ``base``, outside guest RAM: the CPU may
@@ -101,12 +105,16 @@ class PC:
         self.cpu.uc.mem_map_ptr(base, size, UC_PROT_ALL, address)
         self.cpu.uc.mem_protect(base, size, UC_PROT_READ | UC_PROT_EXEC)
         self._monitor_regions.append((base, size, buffer))
-        self._install_write_hook()
+        self._install_write_hook(base, size)
         return memoryview(buffer)
 
-    def _install_write_hook(self) -> None:
-        if self._write_hook is None:
-            self._write_hook = self.cpu.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._hook_write_protected)
+    def _install_write_hook(self, base: int, size: int) -> None:
+        # One hook per protected range, never one over all memory: Unicorn keeps every page a
+        # memory hook covers on its slow store path (even a page that is not protected).
+        # Kept when a frame is released: a store there then only runs slowly.
+        if (base, size) not in self._write_hooks:
+            self._write_hooks[(base, size)] = self.cpu.uc.hook_add(
+                UC_HOOK_MEM_WRITE_PROT, self._hook_write_protected, None, base, base + size - 1)
 
     def _hook_write_protected(self, uc, access, address, size, value, _) -> bool:
         # Returning True tells Unicorn the store is handled: the instruction completes with

@@ -293,6 +293,8 @@ class GuestAddressSpace:
         return pieces
 
     def read(self, linear: int, length: int, *, user: bool = False, fetch: bool = False) -> bytes:
+        if not self.paging().cr0 & CR0_PG and (linear & LINEAR_MASK) + length <= LINEAR_MASK + 1:
+            return _read_phys(self.phys, linear & LINEAR_MASK, length)      # the common case, direct
         pieces = self._pieces(linear, length, write=False, user=user, fetch=fetch)
         if len(pieces) == 1:
             return _read_phys(self.phys, *pieces[0])

@@ -24,31 +24,43 @@ from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, EFLAGS, CpuError, EFLAGS_IF, 
                            GDTR, IDTR, LDTR, SS, TR)
 from ..machine.descriptors import Descriptor
 from ..machine.faults import GuestFault
-from ..machine.interrupts import GP, CpuFrame, DeliveryFault, table_descriptor
+from ..machine.interrupts import GP, CpuFrame, DeliveryFault, deliver_flat, table_descriptor
 from ..memory.walker import GuestAddressSpace, Paging
 from ..vmm.emulate import MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP
 from ..vmm.exits import Exit, ExitReason
-from ..vmm.monitor import Monitor
+from ..vmm.monitor import Monitor, VcpuState, software_interrupt_length
 
 EFLAGS_VM, EFLAGS_RF = 1 << 17, 1 << 16
+_PAGING_REGISTERS = (CR0, CR3, CR4)
+_FRAME_REGISTERS = (CS, EFLAGS, ESP, SS)
+_EVENT_REGISTERS = (EIP, CS, EFLAGS, ESP, SS, CR0)
+CR0_PG = 1 << 31
 
 
 class RealView:
-    """The real CPU's tables and CPL, for delivery on the bare machine."""
+    """The real CPU's tables and CPL, for delivery on the bare machine.
+
+    Made once per event: the tables are read through the fast register path, and with
+    paging off a linear address is guest-physical, so memory is read directly.
+    """
 
     def __init__(self, native: "Native"):
         cpu = native.cpu
-        self.space = native.space
         self.cpl = cpu.cpl
         self.idt_base, self.idt_limit = cpu.table_register(IDTR)
         self.gdt_base, self.gdt_limit = cpu.table_register(GDTR)
         self._cpu = cpu
+        if native.paging().cr0 & CR0_PG:
+            self._read, self._write = native.space.read, native.space.write
+        else:
+            memory = native.pc.memory
+            self._read, self._write = memory.read, memory.write
 
     def read_linear(self, address: int, length: int) -> bytes:
-        return self.space.read(address & 0xFFFFFFFF, length)
+        return self._read(address & 0xFFFFFFFF, length)
 
     def write_linear(self, address: int, data: bytes) -> None:
-        self.space.write(address & 0xFFFFFFFF, data)
+        self._write(address & 0xFFFFFFFF, data)
 
     def descriptor(self, selector: int) -> Descriptor:
         if selector & 4:
@@ -71,10 +83,19 @@ class Native(Monitor):
         self.space = GuestAddressSpace(self.pc.memory, self.paging)
         self.window = cpu.interrupt_window_watch()
         self._watching = False           # the window watch is armed for the running slice
+        cpu.refuse_port_io_above_iopl()  # io_permitted's rule, before the I/O runs (precise #GP)
+        self._paging: Paging | None = None
 
     def paging(self) -> Paging:
-        cpu = self.cpu
-        return Paging(cpu.read(CR0), cpu.read(CR3), cpu.read(CR4))
+        """CR0, CR3 and CR4 as the guest left them; read once per exit (only the guest's
+        own instructions change them, and none runs while the monitor handles an exit)."""
+        paging = self._paging
+        if paging is None:
+            paging = self._paging = Paging(*self.cpu.read_batch(_PAGING_REGISTERS))
+        return paging
+
+    def exit_began(self) -> None:
+        self._paging = None
 
     def read_linear(self, address: int, length: int) -> bytes:
         return self.space.read(address & 0xFFFFFFFF, length)
@@ -109,8 +130,44 @@ class Native(Monitor):
         self.cpu.write(CR2, cr2)
 
     def current_frame(self, eip: int) -> CpuFrame:
+        cs, eflags, esp, ss = self.cpu.read_batch(_FRAME_REGISTERS)
+        return CpuFrame(eip, cs, eflags, esp, ss)
+
+    def fast_event(self, intno: int) -> bool:
+        """A fault or ``int n`` with paging off, delivered in one pass: one batched read of
+        the registers, the tables straight from RAM (``deliver_flat``), one batched write.
+        Anything unusual (paging, a trace to write, a check that fails) takes the general
+        path, which does the same work through the views and raises what the CPU would."""
+        if self.trace.enabled:
+            return False
         cpu = self.cpu
-        return CpuFrame(eip, cpu.read(CS), cpu.read(EFLAGS), cpu.read(ESP), cpu.read(SS))
+        eip, cs, eflags, esp, ss, cr0 = cpu.read_batch(_EVENT_REGISTERS)
+        if cr0 & CR0_PG:
+            return False
+        memory = self.pc.memory
+        try:
+            software = software_interrupt_length(intno, memory.read((eip - 2) & 0xFFFFFFFF, 2)) > 0
+        except IndexError:
+            return False
+        error = None if software else self.error_code_for(intno)
+        idt_base, idt_limit = cpu.table_register(IDTR)
+        gdt_base, gdt_limit = cpu.table_register(GDTR)
+        done = deliver_flat(memory, memory.write, intno, software, error, cpu.cpl, idt_base, idt_limit,
+                            gdt_base, gdt_limit, self._tss_base, eip, cs, eflags, esp, ss)
+        if done is None:
+            return False
+        if not software:
+            cpu.forget_fault()
+        new_eip, new_cs, new_eflags, new_esp, new_ss, handler_cpl = done
+        cpu.clear_interrupt_shadow()          # delivering an event ends any sti/mov-ss shadow
+        self.state = VcpuState.RUNNING
+        self.stats.add(ExitReason.EXCEPTION_NMI)
+        if not cpu.load_ring(handler_cpl, new_cs, new_ss, new_esp, new_eflags, new_eip):
+            self.crash(f"cannot load the handler's segments {new_cs:#x}/{new_ss:#x} at ring {handler_cpl}")
+        return True
+
+    def _tss_base(self) -> int:
+        return self.cpu.segment_register(TR)[1]
 
     def delivery_view(self) -> RealView:
         return RealView(self)
@@ -118,21 +175,8 @@ class Native(Monitor):
     def enter_handler(self, frame: CpuFrame, handler_cpl: int) -> None:
         cpu = self.cpu
         cpu.clear_interrupt_shadow()          # delivering an event ends any sti/mov-ss shadow
-        cpl = cpu.cpl                         # QEMU's own CPL: CS.RPL can disagree mid-transfer
-        same_ring = handler_cpl == cpl and cpu.try_write(SS, frame.ss) and cpu.try_write(CS, frame.cs)
-        if not same_ring:
-            if handler_cpl != 0:
-                self.crash(f"delivery to a ring-{handler_cpl} handler from ring {cpl} is not modelled "
-                           f"under native")
-                return
-            try:
-                cpu.enter_ring0(frame.cs, frame.ss)
-            except CpuError as e:
-                self.crash(f"cannot load the handler's segments {frame.cs:#x}/{frame.ss:#x}: {e}")
-                return
-        cpu.write(ESP, frame.esp)
-        cpu.write(EFLAGS, frame.eflags)
-        cpu.write(EIP, frame.eip)
+        if not cpu.load_ring(handler_cpl, frame.cs, frame.ss, frame.esp, frame.eflags, frame.eip):
+            self.crash(f"cannot load the handler's segments {frame.cs:#x}/{frame.ss:#x} at ring {handler_cpl}")
 
     # -- sysenter (Unicorn runs it as a no-op; sysexit it runs itself) -------------------------
     def sysenter(self, insn, exit: Exit) -> None:

@@ -27,16 +27,20 @@ What the monitor arranges, and why each piece is needed for the deprivileging to
 * **The monitor's memory is out of every guest ring's reach.** VMware's monitor and 32-bit
   Xen truncated the guest's segments below themselves; QEMU's CPU (and so Unicorn) does
   not check data-segment limits, so truncation protects nothing here. Instead the
-  monitor's pages are mapped read/execute only, and a guest write to them is dropped —
-  what the bare machine does with a write to an unassigned address; and a read hook over
-  them lets through only the CPU's own reads (a descriptor for a segment load, the
-  ``iretd`` stub and its frame): a guest instruction that reads them ends the run, as an
-  access outside RAM ends it under native.
+  monitor's tables lie above 4 GiB: QEMU reads a descriptor at the table's full 64-bit
+  base, while every address a 32-bit guest forms is cut to 32 bits, so no guest access
+  reaches them — a guest touching 0xFFC00000 finds nothing there, as under native. That
+  needs the C TLB fill (machine/native/tlbfill.c) to map linear to physical; without it
+  the tables lie just below 4 GiB, mapped read/execute only (a guest write is dropped, as
+  the bare machine drops a write to an unassigned address), under a read hook that lets
+  through only the CPU's own reads (a descriptor for a segment load): a guest instruction
+  that reads them ends the run, as an access outside RAM ends it under native.
 * **Reflection.** Faults, ``int n`` and PIC interrupts are delivered through the
   guest's own IDT with the frame the guest expects (its selectors, its virtual IF),
   using the machine's one delivery routine on a *virtual* view of the CPU.
-* **Entering the guest** at any ring goes through a one-instruction monitor stub: the
-  CPU is dropped to ring 0 (see ``Cpu.enter_ring0``) and ``iretd`` to the target.
+* **Entering the guest** at any ring is a batched load of CS:EIP, SS:ESP and EFLAGS with
+  the CPL set first, as the hardware's own far transfer does it (``Cpu.load_ring``); a
+  return to an outer ring then nulls the data segments that ring may not use, as iret does.
 
 What it does **not** do, on purpose: the sensitive-but-unprivileged instructions
 (``pushf``, ``popf``, ``sgdt``, ``sidt``, ``sldt``, ``str``, ``smsw``, ``mov r, cs``,
@@ -48,41 +52,50 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-from unicorn import UC_HOOK_MEM_READ
-
-
 from ..errors import UnsupportedGuest
 from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, DS, ECX, EDX, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ES, ESP, FS,
                            GDTR, GPR_BY_NAME, GS, IDTR, SS, TR)
 from ..machine.descriptors import (CALL_GATE32, TSS32_AVAILABLE, Descriptor, decode_descriptor, encode_segment,
                                    unicorn_flags, with_dpl, with_present)
 from ..machine.faults import BusError, GuestFault
-from ..machine.interrupts import (GP, NP, SS_FAULT, CpuFrame, DeliveryFault, table_descriptor,
+from ..machine.native.readguard import ReadGuard
+from ..machine.interrupts import (GP, NP, SS_FAULT, CpuFrame, DeliveryFault, deliver_flat, table_descriptor,
                                   through_call_gate)
-from ..vmm.decode import SEGMENT_REGISTERS, Instruction, Mem, Reg
+from ..vmm.decode import MAX_INSN, SEGMENT_REGISTERS, Imm, Instruction, Mem, Reg, decode
 from ..vmm.emulate import EMULATORS, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, TRANSFERS, Unemulated
 from ..vmm.exits import Exit, ExitReason
-from ..vmm.monitor import Monitor
+from ..vmm.monitor import Monitor, VcpuState, software_interrupt_length
 from ..vmm.vcpu import VirtualCpu
 
-# The monitor's own memory, outside guest RAM and above every truncated guest segment.
-MONITOR_BASE = 0xFFC00000
-KERNEL_GDT = MONITOR_BASE              # shadow GDT, kernel view (64 KiB: 8192 entries)
-USER_GDT = MONITOR_BASE + 0x10000      # shadow GDT, view for rings 1-3
-MONITOR_IDT = MONITOR_BASE + 0x20000   # what the real IDTR shows (never used: Unicorn never delivers)
-MONITOR_TSS = MONITOR_BASE + 0x21000
-IRET_STUB = MONITOR_BASE + 0x22000     # a single iretd
-MONITOR_STACK = MONITOR_BASE + 0x23F00
-MONITOR_SIZE = 0x24000
-# Monitor selectors at the top of the shadow GDT, above any guest entry.
-MON_CS, MON_DS, MON_TSS = 0xFFE8, 0xFFF0, 0xFFF8
+# The monitor's own memory: the shadow GDT in its two views, and the IDT and TSS the real
+# CPU's registers show. Above 4 GiB, where no 32-bit guest address reaches, when the C TLB fill
+# maps linear to physical (machine/native/tlbfill.c: QEMU's helpers read descriptors at the full
+# 64-bit table base; every guest address is cut to 32 bits). Without it, just below 4 GiB, kept
+# from the guest by a read hook (ReadGuard) and read-only pages.
+HIGH_MONITOR = 0x1_FFC0_0000
+LOW_MONITOR = 0xFFC00000
+KERNEL_GDT = 0x0                       # offsets in the monitor's memory: shadow GDT, kernel view
+USER_GDT = 0x10000                     # shadow GDT, view for rings 1-3 (64 KiB each: 8192 entries)
+MONITOR_IDT = 0x20000                  # what the real IDTR shows (never used: Unicorn never delivers)
+MONITOR_TSS = 0x21000                  # what TR shows (never used: the CPU never switches stacks here)
+MONITOR_SIZE = 0x22000
+MON_TSS = 0xFFF8                       # TR's selector: no descriptor behind it (the CPU never reloads TR)
 GDT_LIMIT = 0xFFFF
-GUEST_ENTRIES = MON_CS // 8
+GUEST_ENTRIES = (GDT_LIMIT + 1) // 8
 # The real ring each guest ring runs in: the kernel is compressed into ring 1.
 REAL_RING = (1, 1, 2, 3)
 TASK_SWITCH_TYPES = frozenset({0x1, 0x3, 0x5, 0x9, 0xB})   # TSSs and the task gate
 CALL_GATE16 = 0x4
 ACCESSED = 1 << 40       # set in every shadow descriptor, so the CPU never writes the shadow
+
+
+class _Unguarded:
+    """Where no read hook guards the monitor's memory (it lies above 4 GiB), opening it is moot."""
+    open = 0
+_DATA_SEGMENTS = (DS, ES, FS, GS)
+_IRET_FRAME, _OUTER_STACK = struct.Struct("<3I"), struct.Struct("<2I")
+EFLAGS_VM = 1 << 17
+_EVENT_REGISTERS = (EIP, CS, EFLAGS, ESP, SS)
 
 
 @lru_cache(maxsize=1 << 14)
@@ -106,6 +119,11 @@ def shadow_descriptor(raw: int, kernel_view: bool) -> int:
 # descriptor-inspecting lar/lsl/verr/verw.
 FAR_TRANSFERS = frozenset({"ljmp", "lcall", "retf", "iret", "iretd"})
 DESCRIPTOR_INSPECTORS = frozenset({"lar", "lsl", "verr", "verw", "lds", "les", "lfs", "lgs", "lss"})
+
+
+# The bytes a descriptor-loading instruction reads from the stack: iret's frame (to an outer
+# ring), retf's, and a pop into a segment register.
+STACK_READS = {"iret": 20, "iretd": 20, "retf": 16, "pop": 4}
 
 
 def loads_descriptors(insn: Instruction) -> bool:
@@ -142,20 +160,32 @@ class TrapAndEmulate(Monitor):
     name = "trap"
     description = "trap-and-emulate: guest kernel in ring 1, privileged instructions trap (#GP) and are emulated"
     sees_interrupt_flag = True       # cli, sti and iret trap; popf does not, as on real x86
+    # The monitor-read hook tells the CPU's own descriptor reads from a guest's by EIP, which
+    # block counting leaves at the block's start inside QEMU's segment-load helper.
+    block_counting = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.vcpu = VirtualCpu()
-        self.stub_entries = 0            # iretd stubs queued in this slice (they run on the guest's counter)
         self._gdt_frames: set[int] = set()
         self._shadow_entries = 0
         self._shadow_source: bytes | None = None   # the guest GDT bytes the shadow was built from
-        self.monitor_memory = self.pc.map_monitor(MONITOR_BASE, MONITOR_SIZE)
-        self._monitor_write(IRET_STUB, b"\xcf")
-        self.pc.on_monitor_write = self._guest_wrote_monitor
-        self._loading_segments = False   # the monitor itself is loading segment registers
-        self.cpu.uc.hook_add(UC_HOOK_MEM_READ, self._hook_monitor_read, None,
-                             MONITOR_BASE, MONITOR_BASE + MONITOR_SIZE - 1)
+        self._io_rule: tuple[int, int] | None = None
+        above_4g = self.pc.tlb.native
+        base = self.monitor_base = HIGH_MONITOR if above_4g else LOW_MONITOR
+        self.kernel_gdt, self.user_gdt = base + KERNEL_GDT, base + USER_GDT
+        self.monitor_memory = self.pc.map_monitor(base, MONITOR_SIZE)
+        self.read_guard: ReadGuard | None = None
+        if above_4g:
+            self._guard = _Unguarded()
+        else:
+            # Reads of the monitor's memory: the CPU's own pass (open while the monitor loads
+            # segment registers); the rest reach _monitor_read.
+            self.pc.on_monitor_write = self._guest_wrote_monitor
+            self.read_guard = ReadGuard(self.cpu, base, base + MONITOR_SIZE - 1,
+                                        (self.kernel_gdt, self.user_gdt + GDT_LIMIT + 1), self._monitor_read,
+                                        self._monitor_read_failed)
+            self._guard = self.read_guard.flags
         self.handlers[ExitReason.SYSTEM_CALL] = self.handle_system_call
         self.handlers[ExitReason.TABLE_WRITE] = self.handle_table_write
         self.pc.on_write_protected = self._guest_wrote_protected
@@ -168,9 +198,10 @@ class TrapAndEmulate(Monitor):
         v.idt_base, v.idt_limit = cpu.table_register(IDTR)
         v.cr0, v.cr2, v.cr3, v.cr4 = (cpu.read(r) for r in (CR0, CR2, CR3, CR4))
         self.rebuild_shadow_gdt()
-        cpu.set_table_register(IDTR, MONITOR_IDT, 0x7FF)
-        cpu.set_segment_register(TR, MON_TSS, MONITOR_TSS, 0x67, unicorn_flags(decode_descriptor(
-            encode_segment(MONITOR_TSS, 0x67, 0x8B, 0x0))))
+        base = self.monitor_base
+        cpu.set_table_register(IDTR, base + MONITOR_IDT, 0x7FF)
+        cpu.set_segment_register(TR, MON_TSS, base + MONITOR_TSS, 0x67, unicorn_flags(decode_descriptor(
+            encode_segment(0, 0x67, 0x8B, 0x0))))
         self.enter_guest(CpuFrame(cpu.read(EIP), cpu.read(CS), cpu.read(EFLAGS), cpu.read(ESP),
                                   cpu.read(SS)), 0)
 
@@ -191,12 +222,9 @@ class TrapAndEmulate(Monitor):
         if raw != self._shadow_source:
             entries = [e for (e,) in struct.iter_unpack("<Q", raw)]
             stale = max(0, self._shadow_entries - len(entries))
-            monitor = struct.pack("<3Q", encode_segment(0, 0xFFFFF, 0x9B), encode_segment(0, 0xFFFFF, 0x93),
-                                  encode_segment(MONITOR_TSS, 0x67, 0x8B, 0x0))
-            for base, kernel in ((KERNEL_GDT, True), (USER_GDT, False)):
+            for base, kernel in ((self.kernel_gdt, True), (self.user_gdt, False)):
                 table = struct.pack(f"<{len(entries)}Q", *(shadow_descriptor(e, kernel) for e in entries))
                 self._monitor_write(base, table + bytes(8 * stale))
-                self._monitor_write(base + MON_CS, monitor)
             self._shadow_entries = len(entries)
             self._shadow_source = raw
         self._protect_gdt(count)
@@ -229,7 +257,7 @@ class TrapAndEmulate(Monitor):
             self.rebuild_shadow_gdt()
             return True
         entries = [e for (e,) in struct.iter_unpack("<Q", raw)]
-        for base, kernel in ((KERNEL_GDT, True), (USER_GDT, False)):
+        for base, kernel in ((self.kernel_gdt, True), (self.user_gdt, False)):
             self._monitor_write(base + first * 8, struct.pack(f"<{len(entries)}Q",
                                                              *(shadow_descriptor(e, kernel) for e in entries)))
         source = self._shadow_source
@@ -237,36 +265,65 @@ class TrapAndEmulate(Monitor):
         return True
 
     def _monitor_write(self, address: int, data: bytes) -> None:
-        offset = address - MONITOR_BASE
+        offset = address - self.monitor_base
         self.monitor_memory[offset:offset + len(data)] = data
 
-    def _hook_monitor_read(self, uc, access, address, size, value, _) -> None:
-        """A read of the monitor's pages: the CPU's own, or a guest's, which ends the run.
+    def _monitor_read(self, address: int, size: int) -> None:
+        """A read of the monitor's pages that the read guard did not let through.
 
-        The CPU reads them itself to load a segment (the shadow GDT) and to run the iretd
-        stub (its frame); any other read is a guest instruction's operand, and the run ends
-        as an access outside RAM ends it under native. (The hook cannot change the value
-        read, but the guest never runs another instruction.)
+        The CPU reads them itself to load a segment (the shadow GDT); ``read_guard`` lets the
+        monitor's own loads and the guest's iret/retf descriptor reads through. What reaches here is a guest instruction's operand, or the descriptor fetch of a
+        guest's own segment-loading instruction: the run ends for the first, as an access
+        outside RAM ends it under native. (The hook cannot change the value read, but the
+        guest never runs another instruction.)
+
+        Which instruction read? Unicorn sets EIP exactly before every load the translated
+        code makes, but not before the reads QEMU's helpers make (a descriptor fetch), so
+        there EIP may still be at an earlier instruction of the same translated block. So
+        the instructions from EIP to the end of the running block are the candidates
+        (just the one at EIP where every instruction is counted, and EIP is always exact):
+        the read is a descriptor fetch only if one of them loads descriptors and none has
+        a memory operand that covers the address.
         """
-        if self._loading_segments:      # our own segment loads (no register may be read here)
-            return
         eip = self.cpu.read(EIP)
-        if eip == IRET_STUB:
-            return
-        if KERNEL_GDT <= address < USER_GDT + GDT_LIMIT + 1 and self._descriptor_read(eip, address, size):
+        candidates = self._candidates(eip)
+        if self.kernel_gdt <= address < self.user_gdt + GDT_LIMIT + 1 and \
+                self._descriptor_read(candidates, address, size):
             return
         self.pc.request_stop(f"guest crash: the guest read the monitor's memory at {address:#010x} "
                              f"(EIP {eip:#010x}); outside guest RAM, as under native, the run ends")
 
-    def _descriptor_read(self, eip: int, address: int, size: int) -> bool:
-        """Is this read the CPU fetching a descriptor for the instruction at ``eip``?"""
-        insn = self.fetch(eip)
-        if insn is None or not loads_descriptors(insn):
+    def _monitor_read_failed(self, error: Exception) -> None:
+        self.crash(f"hvsim internal error: {type(error).__name__}: {error}")
+        self.cpu.stop()
+
+    def _candidates(self, eip: int) -> list[Instruction]:
+        """The instructions that may be making a read reported at ``eip`` (see _monitor_read)."""
+        block = self.cpu.running_block()
+        if block is None or not block[0] <= eip < block[0] + block[1]:
+            insn = self.fetch(eip)
+            return [insn] if insn is not None else []
+        found, at, end = [], eip, block[0] + block[1]
+        while at < end:
+            insn = self.fetch(at)
+            if insn is None:
+                break
+            found.append(insn)
+            at += insn.size
+        return found
+
+    def _descriptor_read(self, candidates: list[Instruction], address: int, size: int) -> bool:
+        """Is this read the CPU fetching a descriptor for one of ``candidates``?"""
+        if not any(loads_descriptors(insn) for insn in candidates):
             return False
-        for op in insn.operands:        # the instruction's own memory operand is data, not a descriptor
-            if isinstance(op, Mem):
-                start = self.effective_address(op)
-                if start <= address < start + max(op.size, 1) or start <= address + size - 1 < start + max(op.size, 1):
+        stack = (self.cpu.segment_register(SS)[1] + self.cpu.read(ESP)) & 0xFFFFFFFF
+        for insn in candidates:         # an instruction's own operands are data, not descriptors
+            ranges = [(self.effective_address(op), max(op.size, 1)) for op in insn.operands if isinstance(op, Mem)]
+            popped = STACK_READS.get(insn.mnemonic)
+            if popped is not None:      # what it pops off the stack (retf n: and the n bytes released)
+                ranges.append((stack, popped + sum(op.value for op in insn.operands if isinstance(op, Imm))))
+            for start, length in ranges:
+                if address < start + length and address + size > start:
                     return False
         return True
 
@@ -285,7 +342,7 @@ class TrapAndEmulate(Monitor):
                         "the guest wrote its GDT, which the monitor write-protects; the shadow GDT follows")
 
     def _select_gdt_view(self) -> None:
-        self.cpu.set_table_register(GDTR, KERNEL_GDT if self.vcpu.cpl == 0 else USER_GDT, GDT_LIMIT)
+        self.cpu.set_table_register(GDTR, self.kernel_gdt if self.vcpu.cpl == 0 else self.user_gdt, GDT_LIMIT)
 
     def load_task_register(self, selector: int) -> None:
         if selector & 0xFFFC == 0:
@@ -303,12 +360,14 @@ class TrapAndEmulate(Monitor):
 
     def gdt_descriptor(self, selector: int) -> Descriptor:
         """A GDT descriptor the guest names, with the CPU's limit and LDT checks."""
+        v = self.vcpu
         if selector & 4:
             raise GuestFault(GP, selector & 0xFFFC, why="an LDT selector where the GDT is required")
-        try:
-            return table_descriptor(self.read_linear, self.vcpu.gdt_base, self.vcpu.gdt_limit, selector)
-        except DeliveryFault as e:
-            raise GuestFault(e.vector, e.error_code, why=e.why) from None
+        index = selector & 0xFFF8
+        if index + 7 > v.gdt_limit:
+            raise GuestFault(GP, selector & 0xFFFC,
+                             why=f"selector {selector:#x} is beyond the table limit {v.gdt_limit:#x}")
+        return decode_descriptor(self.pc.memory.read_u64((v.gdt_base + index) & 0xFFFFFFFF))
 
     def load_stack_segment(self, selector: int) -> None:
         cpl = self.vcpu.cpl
@@ -321,11 +380,11 @@ class TrapAndEmulate(Monitor):
             raise GuestFault(GP, selector & 0xFFFC, why=f"mov ss, {selector:#x} at CPL {cpl}")
         if not d.present:
             raise GuestFault(SS_FAULT, selector & 0xFFFC, why=f"mov ss, {selector:#x}: not present")
-        self._loading_segments = True
+        self._guard.open = 1
         try:
             loaded = self.cpu.try_write(SS, (selector & ~3) | REAL_RING[cpl])
         finally:
-            self._loading_segments = False
+            self._guard.open = 0
         if not loaded:
             raise GuestFault(GP, selector & 0xFFFC, why=f"mov ss, {selector:#x}: refused by the shadow")
         self.vcpu.shadow_from = self.instructions_now()
@@ -403,62 +462,120 @@ class TrapAndEmulate(Monitor):
     def enter_guest(self, frame: CpuFrame, virtual_cpl: int) -> None:
         """Resume the guest at a virtual frame, at its real ring.
 
-        Where neither the real ring nor the shadow GDT's view changes (an interrupt taken
-        in the kernel, the kernel's iret back to itself), the registers are simply loaded:
-        the CPU already runs at that ring. Otherwise the CPU is dropped to ring 0 and
-        enters through the one-instruction iretd stub, which changes ring as hardware does.
+        The CPU is loaded directly, in one batch, as the hardware's own far transfer loads
+        it (``Cpu.load_ring``: the CPL first, then SS, CS, ESP, EFLAGS, EIP): inward or at the
+        same ring the data segments keep their caches, as on real delivery; outward (the
+        kernel's iret or retf to user code) the segments the new ring may not use are nulled,
+        as iret does. On the first entry, from real ring 0, the data segments are loaded again
+        at the guest's ring, so that their caches come from the shadow GDT.
         """
         cpu, v = self.cpu, self.vcpu
-        same_view = (v.cpl == 0) == (virtual_cpl == 0)
-        v.iopl = (frame.eflags & EFLAGS_IOPL) >> 12
-        v.cpl = virtual_cpl
-        v.iflag = bool(frame.eflags & EFLAGS_IF)
-        rpl = REAL_RING[virtual_cpl]
-        real_flags = (frame.eflags & ~EFLAGS_IOPL) | EFLAGS_IF
-        cpu.clear_interrupt_shadow()
-        if same_view and cpu.cpl == rpl and self._load_at_current_ring(frame, rpl, real_flags):
+        eflags = frame.eflags
+        if eflags & EFLAGS_VM:
+            self.crash(f"a return to virtual-8086 mode (EFLAGS {eflags:#x}); trap-and-emulate does not model "
+                       f"virtual-8086 mode")
             return
-        self._select_gdt_view()
-        data_regs = {r: cpu.read(r) for r in (DS, ES, FS, GS)}
-        self._loading_segments = True
+        view_changes = (v.cpl == 0) != (virtual_cpl == 0)
+        v.iopl = (eflags & EFLAGS_IOPL) >> 12
+        v.cpl = virtual_cpl
+        v.iflag = bool(eflags & EFLAGS_IF)
+        rpl = REAL_RING[virtual_cpl]
+        real_flags = (eflags & ~EFLAGS_IOPL) | EFLAGS_IF
+        cpu.clear_interrupt_shadow()
+        here = cpu.cpl
+        if view_changes or not here:
+            cpu.set_table_register(GDTR, self.kernel_gdt if virtual_cpl == 0 else self.user_gdt, GDT_LIMIT)
+        guard = self._guard
+        guard.open = 1
         try:
-            cpu.enter_ring0(MON_CS, MON_DS)
-            cpu.write(EFLAGS, 0x2)           # no guest TF or IF while the stub runs at ring 0
-            for reg, sel in data_regs.items():
-                if not cpu.try_write(reg, sel):
-                    cpu.write(reg, 0)
+            data = cpu.read_batch(_DATA_SEGMENTS) if not here else None
+            if not cpu.load_ring(rpl, (frame.cs & ~3) | rpl, (frame.ss & ~3) | rpl, frame.esp, real_flags,
+                                 frame.eip):
+                self.crash(f"cannot enter the guest at {frame.cs:#x}:{frame.eip:#010x} with stack "
+                           f"{frame.ss:#x}:{frame.esp:#010x}: the shadow GDT refuses them")
+                return
+            if data is not None:
+                if not cpu.write_batch(_DATA_SEGMENTS, data):
+                    for reg, selector in zip(_DATA_SEGMENTS, data):
+                        if not cpu.try_write(reg, selector):
+                            cpu.write(reg, 0)
+            elif rpl > here:
+                cpu.drop_segments_above(rpl)
         finally:
-            self._loading_segments = False
-        self._monitor_write(MONITOR_STACK, struct.pack("<5I", frame.eip, (frame.cs & ~3) | rpl,
-                                                    real_flags, frame.esp, (frame.ss & ~3) | rpl))
-        cpu.write(ESP, MONITOR_STACK)
-        cpu.write(EIP, IRET_STUB)
-        self.stub_entries += 1
+            guard.open = 0
+        rule = (virtual_cpl, v.iopl)
+        if rule != self._io_rule:
+            self._io_rule = rule
+            self._refuse_io_from(virtual_cpl, v.iopl)
 
-    def _load_at_current_ring(self, frame: CpuFrame, rpl: int, real_flags: int) -> bool:
-        """Enter the guest at the ring the CPU is in, without the stub (False: use the stub)."""
-        cpu = self.cpu
-        self._loading_segments = True
-        try:
-            if not (cpu.try_write(SS, (frame.ss & ~3) | rpl) and cpu.try_write(CS, (frame.cs & ~3) | rpl)):
-                return False
-        finally:
-            self._loading_segments = False
-        cpu.write(ESP, frame.esp)
-        cpu.write(EFLAGS, real_flags)
-        cpu.write(EIP, frame.eip)
-        return True
-
-    def monitor_instructions(self) -> int:
-        """The iretd stubs that have run in this slice (one queued may not have run yet)."""
-        if not self.stub_entries:
-            return 0
-        return self.stub_entries - (1 if self.cpu.read(EIP) == IRET_STUB else 0)
-
-    def after_slice(self, ran: int) -> None:
-        self.stub_entries = 1 if self.stub_entries and self.cpu.read(EIP) == IRET_STUB else 0
+    def _refuse_io_from(self, cpl: int, iopl: int) -> None:
+        """Tell the block counter from which real ring port I/O is refused (a #GP it must stop
+        before, precisely): the virtual rule is CPL > IOPL, and rings 0 and 1 share real ring 1."""
+        if cpl <= 1 and cpl > iopl:
+            ring = 1
+        else:
+            ring = max(2, iopl + 1) if iopl < 3 else None
+        self.cpu.refuse_port_io_from_cpl(ring)
 
     # -- traps -------------------------------------------------------------------------------
+    def fast_event(self, intno: int) -> bool:
+        """An ``int n`` or a fault other than #GP/#NP (which may be instructions to emulate),
+        reflected in one pass through the guest's own tables (``deliver_flat``), as
+        ``handle_exception`` would reflect it; anything unusual takes the general path."""
+        if self.trace.enabled:
+            return False
+        if intno == GP or intno == NP:
+            return self._fast_emulate(intno)
+        cpu, v = self.cpu, self.vcpu
+        eip, cs, eflags, esp, ss = cpu.read_batch(_EVENT_REGISTERS)
+        memory = self.pc.memory
+        try:
+            software = software_interrupt_length(intno, memory.read((eip - 2) & 0xFFFFFFFF, 2)) > 0
+        except IndexError:
+            return False
+        real = cpu.cpl
+        if real >= 2:
+            v.cpl = real                       # rings 2 and 3 are real (sync_cpl)
+        cpl = v.cpl
+        error = None if software else self.error_code_for(intno)
+        eflags = (eflags & ~(EFLAGS_IF | EFLAGS_IOPL)) | (EFLAGS_IF if v.iflag else 0) | (v.iopl << 12)
+        if cs & 3 == 1:                        # ring 1 shows as the virtual ring (_virtual_selector)
+            shown = cpl if cpl <= 1 else 1
+            cs, ss = (cs & ~3) | shown, (ss & ~3) | shown if ss & 3 == 1 else ss
+        elif ss & 3 == 1:
+            ss = (ss & ~3) | (cpl if cpl <= 1 else 1)
+        done = deliver_flat(memory, self.write_linear, intno, software, error, cpl, v.idt_base, v.idt_limit,
+                            v.gdt_base, v.gdt_limit, self._tss_base, eip, cs, eflags, esp, ss)
+        if done is None:
+            return False
+        if not software:
+            cpu.forget_fault()
+        self.state = VcpuState.RUNNING
+        self.stats.add(ExitReason.EXCEPTION_NMI)
+        new_eip, new_cs, new_eflags, new_esp, new_ss, handler_cpl = done
+        self.enter_guest(CpuFrame(new_eip, new_cs, new_eflags, new_esp, new_ss), handler_cpl)
+        return True
+
+    def _tss_base(self) -> int:
+        return self.vcpu.tr_base
+
+    def _fast_emulate(self, intno: int) -> bool:
+        """A #GP or #NP: the instruction emulated straight from the hook, as
+        ``handle_exception`` would emulate it (False: not one the monitor emulates)."""
+        cpu = self.cpu
+        eip = cpu.read(EIP)
+        try:                            # the two bytes before EIP and the instruction, in one read
+            window = self.pc.memory.read((eip - 2) & 0xFFFFFFFF, MAX_INSN + 2)
+        except IndexError:
+            return False
+        insn = decode(window[2:], eip)
+        if insn is None or software_interrupt_length(intno, window[:2]):
+            return False
+        self.sync_cpl()
+        exit = Exit(ExitReason.EXCEPTION_NMI, eip, 0, intno, self.error_code_for(intno))
+        cpu.forget_fault()
+        return self.run_handler(lambda exit: self._emulate(exit, insn), exit) is not False
+
     def handle_exception(self, exit: Exit) -> None:
         self.sync_cpl()
         if exit.vector in (GP, NP) and not exit.software and self._emulate(exit):
@@ -467,9 +584,9 @@ class TrapAndEmulate(Monitor):
             self._hidden_segment_fault(exit)
         super().handle_exception(exit)
 
-    def _emulate(self, exit: Exit) -> bool:
+    def _emulate(self, exit: Exit, insn: Instruction | None = None) -> bool:
         """Emulate the instruction that trapped, if it is one the monitor virtualises."""
-        insn = self.fetch(exit.eip)
+        insn = insn or self.fetch(exit.eip)
         if insn is None:
             return False
         handler = EMULATORS.get(insn.mnemonic)
@@ -543,13 +660,14 @@ class TrapAndEmulate(Monitor):
         if v.cpl != 0:
             raise Unemulated("iret at a virtual ring above 0: the CPU's own fault stands")
         esp = cpu.read(ESP)
-        ss_base = self.segment_base("ss")
-        eip, cs, eflags = struct.unpack("<3I", self.read_linear(ss_base + esp, 12))
+        ss_base = cpu.segment_register(SS)[1]
+        memory = self.pc.memory
+        eip, cs, eflags = _IRET_FRAME.unpack(memory.read((ss_base + esp) & 0xFFFFFFFF, 12))
         cs &= 0xFFFF
         target_cpl = cs & 3
         self._check_return_code(cs, target_cpl, "iret")
         if target_cpl > v.cpl:
-            new_esp, ss = struct.unpack("<2I", self.read_linear(ss_base + esp + 12, 8))
+            new_esp, ss = _OUTER_STACK.unpack(memory.read((ss_base + esp + 12) & 0xFFFFFFFF, 8))
             ss &= 0xFFFF
             self._check_return_stack(ss, target_cpl, "iret")
         else:

@@ -58,7 +58,7 @@ class ExitReason(enum.IntEnum):
 REASON_BY_LABEL = {r.label: r for r in ExitReason}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)     # made on every event: a frozen dataclass costs ~1 µs more to build
 class Exit:
     """One return of control to the monitor, whatever caused it.
 

@@ -27,6 +27,7 @@ handler:
 """
 from __future__ import annotations
 
+import ctypes
 import enum
 import time
 from dataclasses import dataclass, field
@@ -38,9 +39,10 @@ from ..errors import HvError
 from ..machine.cpu import EAX, EIP, ESP, SEG_BY_NAME
 from ..machine.faults import BusError, GuestFault
 from ..machine.interrupts import (EXCEPTION_NAMES, GP, PF, UD, VECTORS_WITH_ERROR_CODE,
-                                  CpuFrame, DeliveryFault, EventKind, TripleFault,
+                                  CpuFrame, EventKind, TripleFault,
                                   deliver_with_escalation)
 from ..machine.devices.pit import PIT_IRQ
+from ..machine.native.loader import uc_hook_add
 from ..machine.pc import PC
 from ..memory.walker import PF_P, PF_RSVD
 from .decode import MAX_INSN, Instruction, Mem, Reg, Imm, SEGMENT_REGISTERS, decode
@@ -48,10 +50,23 @@ from .exits import Exit, ExitReason, ExitStats
 from .trace import ExitRecord, Trace
 
 NS_PER_INSTRUCTION = 1
+_INTR_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 UNTIL_NEVER = 1 << 40          # an end address EIP never reaches: slices end by count
 # Without a native interrupt-window hook, an interrupt that waits on an IF the monitor
 # cannot see change is looked for again after POLL_FIRST instructions, doubling to POLL_MAX.
 POLL_FIRST, POLL_MAX = 1_000, 1_000_000
+
+
+def software_interrupt_length(intno: int, before: bytes) -> int:
+    """Length of the int n / int3 / into that raised ``intno``, given the byte(s) just
+    before EIP (two, or the last one); 0 for a fault.
+
+    Unicorn reports EIP after a software interrupt and on the instruction for a fault,
+    and does not say which it raised: the instruction bytes before EIP do.
+    """
+    if intno in (3, 4) and before[-1] == (0xCC if intno == 3 else 0xCE):
+        return 1
+    return 2 if before == bytes((0xCD, intno)) else 0
 
 
 class VcpuState(enum.Enum):
@@ -59,7 +74,7 @@ class VcpuState(enum.Enum):
     HALTED = "halted"          # in hlt: waits for an interrupt, virtual time skips ahead
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)     # made on every event: a frozen dataclass costs ~1 µs more to build
 class Event:
     """Something to deliver to the guest: an exception, a software interrupt or an IRQ."""
     vector: int
@@ -96,6 +111,8 @@ class Monitor:
     description = ""
     # True where every change of the guest's IF reaches the monitor (a trap), so it never polls.
     sees_interrupt_flag = False
+    # False where a hook needs EIP exact on every instruction: the CPU then counts with count=.
+    block_counting = True
 
     def __init__(self, pc: PC, trace: Trace | None = None, max_instructions: int = 500_000_000):
         self.pc = pc
@@ -110,8 +127,9 @@ class Monitor:
         self._slice_budget = 0
         self._slice_end_ns: int | None = None
         self._wall = time.perf_counter()
+        self._reflect_exception = self.handle_exception    # the fast path stands in for this handler only
         self.handlers = {
-            ExitReason.EXCEPTION_NMI: self.handle_exception,
+            ExitReason.EXCEPTION_NMI: self._reflect_exception,
             ExitReason.HLT: self.handle_hlt,
             ExitReason.INTERRUPT_WINDOW: self.handle_interrupt_window,
             ExitReason.PREEMPTION_TIMER: self.handle_slice_end,
@@ -121,7 +139,11 @@ class Monitor:
             ExitReason.SYSTEM_CALL: self.handle_system_call,
         }
         uc = self.cpu.uc
-        uc.hook_add(UC_HOOK_INTR, self._hook_intr)
+        # Faults and int n arrive through a ctypes trampoline of our own: the binding's adds
+        # three Python calls to every exit (~2 µs); errors are handed back to emu_start as
+        # the binding hands them (Uc._hook_exception, then a stop).
+        self._intr_trampoline = _INTR_HOOK(self._hook_intr_from_c)
+        uc_hook_add(uc, UC_HOOK_INTR, ctypes.cast(self._intr_trampoline, ctypes.c_void_p).value, 0, 1, 0)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
         uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, UC_X86_INS_OUT)
@@ -165,6 +187,9 @@ class Monitor:
 
     def after_slice(self, ran: int) -> None:
         """``ran`` guest instructions have retired in the slice just ended."""
+
+    def exit_began(self) -> None:
+        """The guest has run since the monitor last looked: forget what was read of its state."""
 
     # == the run loop ====================================================================
     def run(self) -> RunResult:
@@ -246,23 +271,39 @@ class Monitor:
         self.slice_exit = None
         eip = cpu.read(EIP)
         self._slice_budget = budget
+        self._slice_start_ns = pc.clock.now
         self._slice_end_ns = pc.clock.now + budget * NS_PER_INSTRUCTION
+        cpu.code_reader = self.read_linear       # how Cpu.executed decodes a block's start
+        if not self.block_counting:
+            cpu.count_every_instruction()
         pc.clock.run_slice(self._slice_ns)
+        # --max-instructions and the one instruction of a shadow are promises to the instruction;
+        # timer deadlines are taken at the first block boundary at or after them
+        # (docs/architecture.md "Time").
+        exact = reason is ExitReason.MONITOR_TRAP_FLAG or budget >= self.max_instructions - self.instructions
         try:
-            cpu.run(eip, UNTIL_NEVER, budget)
+            cpu.run(eip, UNTIL_NEVER, budget, exact=exact)
             error = None
         except UcError as e:
             error = e
         finally:
             pc.clock.run_slice(None)
             ran = self._account(budget)
+            self.exit_began()
         self.after_slice(ran)
+        if pc.tlb.after_run(error):     # CR0.PG set under the C TLB fill: rerun from EIP on the CPU's walker
+            return self.slice_exit or Exit(ExitReason.PREEMPTION_TIMER, cpu.read(EIP))
         if error is not None:
             return Exit(ExitReason.GUEST_CRASH, cpu.read(EIP), detail=f"{error} at EIP {cpu.read(EIP):#010x}")
         if self.slice_exit is not None or pc.stop_requested:
             return self.slice_exit
-        executed = cpu.executed(budget)
-        if executed < budget:
+        if cpu.refused_io is not None:
+            # The CPU stopped before port I/O above the IOPL (Cpu.refuse_port_io_above_iopl):
+            # the same exit the I/O hooks raise, with EIP past the instruction as they leave it.
+            at, length = cpu.refused_io
+            cpu.write(EIP, (at + length) & 0xFFFFFFFF)
+            return Exit(ExitReason.IO_INSTRUCTION, at, length)
+        if not cpu.ran_out(budget):
             # emu_start came back early with nothing asked of it: the guest ran hlt at ring 0.
             return Exit(ExitReason.HLT, cpu.read(EIP))
         return Exit(reason, cpu.read(EIP))
@@ -272,13 +313,21 @@ class Monitor:
         return (self.instructions_now() - self.instructions) * NS_PER_INSTRUCTION
 
     def _timer_rearmed(self, deadline: int) -> None:
-        """A device moved its deadline: a slice planned against the old one stops early."""
+        """A device moved its deadline: a slice planned against the old one ends early, at the
+        first block boundary at or after the new deadline (with ``count=``: at once)."""
         if self._slice_budget and self._slice_end_ns is not None and deadline < self._slice_end_ns:
-            self.stop_slice(None)
+            ran = max(0, deadline - self._slice_start_ns) // NS_PER_INSTRUCTION + self.monitor_instructions()
+            if self.cpu.set_deadline(max(1, ran)):
+                self._slice_end_ns = deadline
+            else:
+                self.stop_slice(None)
 
     def _account(self, budget: int) -> int:
         """Add the slice's guest instructions to the count and the virtual clock."""
-        guest = max(0, self.cpu.executed(budget) - self.monitor_instructions())
+        cpu = self.cpu
+        # A run that ends from a hook (isa-debug-exit, a crash) ends at that instruction.
+        done = cpu.executed_at_stop(budget) if self.pc.stop_requested else cpu.executed(budget)
+        guest = max(0, done - self.monitor_instructions())
         self._slice_budget = 0
         self._slice_end_ns = None
         self.instructions += guest
@@ -333,13 +382,19 @@ class Monitor:
         if handler is None:
             self.crash(f"no handler for exit {exit.reason.label} at EIP {exit.eip:#010x}")
             return
+        self.run_handler(handler, exit)
+
+    def run_handler(self, handler, exit: Exit):
+        """Run one exit's handler; a fault it raises goes to the guest. Returns what the
+        handler returns (None where a fault or a table outside RAM took over)."""
         try:
             try:
-                handler(exit)
+                return handler(exit)
             except GuestFault as fault:
                 self.inject_fault(fault, exit.eip)
         except BusError as e:          # the handler's or the fault delivery's: a table outside RAM
             self.crash(f"guest touched memory outside RAM ({e}) at EIP {exit.eip:#010x}")
+        return None
 
     def handle_exception(self, exit: Exit) -> None:
         """A fault or ``int n`` the CPU raised: by default reflect it to the guest."""
@@ -500,14 +555,9 @@ class Monitor:
         return (mem.offset(self.cpu.read_named) + self.segment_base(mem.segment or mem.default_segment)) & 0xFFFFFFFF
 
     def segment_base(self, segment: str) -> int:
-        """The base of a segment register, from the descriptor its selector names."""
-        selector = self.cpu.read(SEG_BY_NAME[segment])
-        if selector & 0xFFFC == 0:
-            return 0
-        try:
-            return self.delivery_view().descriptor(selector).base
-        except DeliveryFault:
-            return 0
+        """The base the CPU uses for a segment register: its cache, as the descriptor was when
+        the selector was loaded (a later edit of the table does not move the segment)."""
+        return self.cpu.segment_register(SEG_BY_NAME[segment])[1]
 
     def record(self, reason: ExitReason, eip: int, handler: str, explanation: str,
                insn: Instruction | None = None, qualification: str = "") -> None:
@@ -525,6 +575,18 @@ class Monitor:
 
     # == the hooks =========================================================================
     def _hook_intr(self, uc, intno: int, _):
+        self.exit_began()
+        self.cpu.cut_block()                # a fault ends the running block at EIP (Cpu.executed)
+        if self.pc.stop_requested:
+            return                          # the run is ending: as _hook_in (the CPU stops here)
+        try:
+            if self.handlers[ExitReason.EXCEPTION_NMI] is self._reflect_exception and self.fast_event(intno):
+                return
+        except HvError:
+            raise
+        except Exception as e:          # as _guarded: a VMM bug ends the run, never a traceback
+            self.crash(f"hvsim internal error: {type(e).__name__}: {e}")
+            return
         eip = self.cpu.read(EIP)
         length = self._software_interrupt_length(intno, eip)
         if length:
@@ -535,31 +597,50 @@ class Monitor:
             exit = Exit(ExitReason.EXCEPTION_NMI, eip, 0, intno, error)
         self._dispatch_in_hook(exit)
 
+    def _hook_intr_from_c(self, handle, intno: int, user_data) -> None:
+        try:
+            self._hook_intr(None, intno, None)
+        except BaseException as e:     # as the binding's own hook wrapper does
+            uc = self.cpu.uc
+            if uc._hook_exception is None:
+                uc._hook_exception = e
+            uc.emu_stop()
+
     def _dispatch_in_hook(self, exit: Exit) -> None:
         self._guarded(self.dispatch, exit)
 
     def _software_interrupt_length(self, intno: int, eip: int) -> int:
-        """Length of the int n / int3 / into that raised ``intno``, or 0 for a fault.
-
-        Unicorn reports EIP after a software interrupt and on the instruction for a fault;
-        a fault has its error code (or none) in the CPU, a software interrupt never sets it.
-        """
+        """Length of the int n / int3 / into that raised ``intno``, or 0 for a fault."""
         if not self.cpu.software_interrupt_raised():
             return 0
-        try:
-            if intno in (3, 4) and self.read_linear((eip - 1) & 0xFFFFFFFF, 1)[0] == (0xCC if intno == 3 else 0xCE):
-                return 1
-            return 2 if self.read_linear((eip - 2) & 0xFFFFFFFF, 2) == bytes((0xCD, intno)) else 0
-        except (GuestFault, BusError, IndexError):
-            return 0
+        for start in (2, 1):
+            try:
+                return software_interrupt_length(intno, self.read_linear((eip - start) & 0xFFFFFFFF, start))
+            except (GuestFault, BusError, IndexError):
+                continue
+        return 0
+
+    def fast_event(self, intno: int) -> bool:
+        """The technique's fast path for the commonest events (False: not taken; the
+        general path then runs, from the start, as if it had not been tried). It stands in
+        for ``handle_exception`` and is skipped where another handler replaces it."""
+        return False
 
     def _hook_invalid(self, uc, _) -> bool:
+        self.exit_began()
+        self.cpu.cut_block()
+        if self.pc.stop_requested:
+            return True                     # the run is ending: as _hook_in (the CPU stops here)
         eip = self.cpu.read(EIP)
         self.cpu.forget_fault()
         self._dispatch_in_hook(Exit(ExitReason.EXCEPTION_NMI, eip, 0, UD))
         return True
 
     def _hook_in(self, uc, port: int, size: int, _) -> int:
+        if self.pc.stop_requested:
+            # The run is ending (isa-debug-exit, a crash) but the CPU finishes its block
+            # (Cpu.stop): what runs after the request must not be seen. A floating bus.
+            return (1 << (8 * size)) - 1
         if not self.io_permitted():
             self._refuse_io()
             return self.cpu.read(EAX) & ((1 << (8 * size)) - 1)   # leaves AL/AX/EAX as it was
@@ -569,6 +650,8 @@ class Monitor:
         return self.pc.bus.read(port, size)
 
     def _hook_out(self, uc, port: int, size: int, value: int, _) -> None:
+        if self.pc.stop_requested:
+            return                              # the run is ending: as _hook_in
         if not self.io_permitted():
             self._refuse_io()
             return
@@ -587,6 +670,7 @@ class Monitor:
         self.stop_slice(Exit(ExitReason.SYSTEM_CALL, self.cpu.read(EIP), 2))
 
     def _trace_io(self, port: int, size: int, value: int | None) -> None:
+        self.exit_began()
         eip = self.cpu.read(EIP)
         insn = self.fetch(eip)
         what = f"in from port {port:#x}" if value is None else f"out {value:#x} to port {port:#x}"
@@ -600,6 +684,7 @@ class Monitor:
         The hook cannot redirect the CPU (Unicorn finishes the in/out and overwrites EIP),
         so it makes the instruction a no-op and stops; the loop then raises the fault.
         """
+        self.exit_began()
         eip = self.cpu.read(EIP)
         insn = self.fetch(eip)
         self.stop_slice(Exit(ExitReason.IO_INSTRUCTION, eip, insn.size if insn else 0))

@@ -69,7 +69,7 @@ def asm(source: str, address: int) -> bytes:
 
 
 def make_cpu(paging: bool = False, write_protect: bool = False) -> Cpu:
-    cpu = Cpu(tcg_buffer_mib=4)
+    cpu = Cpu(tcg_buffer_mib=4, counting="count")     # these tests drive emu_start(count=) themselves
     uc = cpu.uc
     uc.mem_map(0, 0x400000)
     uc.mem_write(GDT_BASE, b"".join(struct.pack("<Q", e) for e in GDT))
@@ -483,7 +483,7 @@ class HostRam:
         self.buffer = mmap.mmap(-1, RAM)
         self.view = memoryview(self.buffer)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.buffer))
-        self.cpu = Cpu(tcg_buffer_mib=4)
+        self.cpu = Cpu(tcg_buffer_mib=4, counting="count")     # drives emu_start(count=) itself
         self.cpu.uc.mem_map_ptr(0, RAM, UC_PROT_ALL, self.address)
         self.cpu.uc.mem_protect(PROTECTED, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
         self.stores = []
@@ -570,7 +570,7 @@ def test_storing_the_value_from_the_hook_gives_the_full_instruction():
 
 def test_a_hooked_store_lands_where_mem_map_ptr_gave_read_only_and_not_where_mem_protect_did():
     buffer = mmap.mmap(-1, 0x2000)
-    cpu = Cpu(tcg_buffer_mib=4)
+    cpu = Cpu(tcg_buffer_mib=4, counting="count")     # drives emu_start(count=) itself
     cpu.uc.mem_map(0, 0x10000)
     cpu.uc.mem_map_ptr(0x50000, 0x2000, UC_PROT_READ | UC_PROT_EXEC,
                        ctypes.addressof(ctypes.c_char.from_buffer(buffer)))
@@ -645,3 +645,17 @@ def test_eflags_address_is_where_the_live_cpu_keeps_if_and_iopl():
     for value in (0x2, 0x202, 0x3202, 0x2002):
         cpu.write(EFLAGS, value)
         assert word.value & 0x3200 == value & 0x3200
+
+
+def test_eip_in_a_port_io_hook_is_the_instruction_even_without_count():
+    # Why the project pins Unicorn 2.1.4 (README, "Which Unicorn, and why"): 2.1.2 and 2.1.3 show
+    # the *block's* start here unless emu_start(count=) syncs EIP before every instruction, and
+    # without count= (block counting) the monitor could then neither count nor decode an I/O exit.
+    cpu = make_cpu()
+    code = asm("xor eax, eax; nop; out 0xf4, al; mov ecx, dword ptr [0x2000]; out 0xf5, al; hlt", CODE)
+    cpu.uc.mem_write(CODE, code)
+    seen = []
+    cpu.uc.hook_add(UC_HOOK_INSN, lambda uc, port, size, value, _: seen.append((port, cpu.read(EIP) - CODE)),
+                    None, 1, 0, X.UC_X86_INS_OUT)
+    cpu.uc.emu_start(CODE, CODE + len(code))
+    assert seen == [(0xF4, 3), (0xF5, 11)]

@@ -250,10 +250,16 @@ def test_a_slice_stopped_without_an_exit_is_a_preemption_not_a_hlt(tmp_path, tec
     main:
         xor ebx, ebx
         out 0xe9, al
+        jmp one                 # a stop from a hook lands at the next block boundary: end one here
+    one:
         inc ebx
         out 0xe9, al
+        jmp two
+    two:
         inc ebx
         out 0xe9, al
+        jmp three
+    three:
         inc ebx
         mov esi, msg
         mov eax, ebx

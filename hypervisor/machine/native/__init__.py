@@ -4,6 +4,6 @@ Each C file here is built by the package's install step (setup.py), loaded with 
 needs neither Unicorn's headers nor linking against it, and has a pure-Python fallback
 that announces itself with one line on stderr.
 """
-from hypervisor.machine.native.ifwatch import InterruptWindowWatch
+from hypervisor.machine.native.blockhook import BlockHook, InterruptWindowWatch
 
-__all__ = ["InterruptWindowWatch"]
+__all__ = ["BlockHook", "InterruptWindowWatch"]

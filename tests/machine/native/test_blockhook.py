@@ -11,8 +11,8 @@ import pytest
 from unicorn import UC_HOOK_BLOCK
 
 from hypervisor.machine.cpu import CR0, CS, DS, EAX, EFLAGS, EFLAGS_IF, EIP, ESP, GDTR, SS, Cpu
-from hypervisor.machine.native import ifwatch
-from hypervisor.machine.native.ifwatch import InterruptWindowWatch, load_native, why_not
+from hypervisor.machine.native import blockhook as ifwatch  # the module this file once tested
+from hypervisor.machine.native.blockhook import InterruptWindowWatch, load_native, why_not
 
 BASE = 0x1000
 UNTIL_NEVER = 1 << 40
@@ -54,7 +54,7 @@ def ring0_cpu(code: bytes) -> Cpu:
 
 def run(cpu: Cpu) -> int:
     """Run from BASE with an exact budget; the number of instructions that ran."""
-    cpu.uc.emu_start(BASE, UNTIL_NEVER, count=BUDGET)
+    cpu.run(BASE, UNTIL_NEVER, BUDGET)
     return cpu.executed(BUDGET)
 
 
@@ -182,15 +182,16 @@ def test_a_watch_made_after_code_ran_still_sees_every_block(native):
 
 def test_the_fallback_warns_once_when_the_c_callback_is_missing(monkeypatch, capsys):
     monkeypatch.setattr(ifwatch, "load_native", lambda: None)
-    monkeypatch.setattr(ifwatch, "_why_not", "ifwatch.c was not built")
+    monkeypatch.setattr(ifwatch, "why_not", lambda: "blockhook.c was not built")
     monkeypatch.setattr(ifwatch, "_warned", False)
     code, (_, _, _, nop, _, _) = program(CLI, SPIN, STI, NOP, CLI, HLT)
     cpus = [ring0_cpu(code) for _ in range(2)]
     watches = [InterruptWindowWatch(cpu) for cpu in cpus]
     assert not any(w.native for w in watches)
+    assert all(cpu.counting == "count" for cpu in cpus)      # and the CPU counts with count=
     err = capsys.readouterr().err
-    assert err == ("hvsim: native block hook unavailable (ifwatch.c was not built); "
-                   "using a slow Python fallback\n")
+    assert err == ("hvsim: native block hook unavailable (blockhook.c was not built); "
+                   "counting with emu_start(count=), about 2x slower\n")
     watches[0].arm()
     run(cpus[0])
     assert watches[0].fired and watches[0].address == nop
@@ -208,3 +209,124 @@ def test_the_native_hook_reads_if_straight_from_the_cpu_state_when_cpu_knows_whe
     if not watch.native:
         pytest.skip("the C hook is not built here")
     assert watch._watch.eflags_at == cpu.eflags_address
+
+
+# -- block counting: exact where it must be ---------------------------------------------------
+needs_c = pytest.mark.skipif(load_native() is None, reason="the C callback was not built")
+
+
+def block_cpu(code: bytes) -> Cpu:
+    cpu = ring0_cpu(code)
+    assert cpu.counting == "block"
+    return cpu
+
+
+@needs_c
+def test_an_exact_run_stops_at_its_budget_inside_a_block():
+    code = INC_EAX * 10 + HLT                       # one block of eleven instructions
+    for budget in (1, 4, 10):
+        cpu = block_cpu(code)
+        cpu.write(EAX, 0)
+        cpu.run(BASE, UNTIL_NEVER, budget, exact=True)
+        assert cpu.executed(budget) == budget and cpu.read(EAX) == budget
+        assert cpu.read(EIP) == BASE + budget
+        assert cpu.ran_out(budget)
+
+
+@needs_c
+def test_the_short_block_of_an_exact_stop_is_dropped_so_the_next_run_goes_on():
+    code = INC_EAX * 10 + HLT
+    cpu = block_cpu(code)
+    cpu.write(EAX, 0)
+    cpu.run(BASE, UNTIL_NEVER, 3, exact=True)
+    cpu.run(cpu.read(EIP), UNTIL_NEVER, BUDGET)
+    assert cpu.read(EAX) == 10 and cpu.read(EIP) == BASE + 11      # ran on to the hlt
+
+
+@needs_c
+def test_a_run_that_is_not_exact_stops_at_the_first_block_boundary_after_its_budget():
+    cpu = block_cpu(INC_EAX * 10 + b"\xeb\x00" + HLT)   # ... jmp $+2 ends the block
+    cpu.run(BASE, UNTIL_NEVER, 3)
+    assert cpu.executed(3) == 11 and cpu.read(EIP) == BASE + 12
+
+
+@needs_c
+def test_port_io_above_the_iopl_is_refused_before_it_runs_with_the_block_before_it_done():
+    IN_AL_DX = b"\xec"
+    code = INC_EAX * 3 + IN_AL_DX + INC_EAX + HLT
+    cpu = block_cpu(code)
+    seen = []
+    from unicorn import UC_HOOK_INSN
+    from unicorn.x86_const import UC_X86_INS_IN
+    cpu.uc.hook_add(UC_HOOK_INSN, lambda *a: seen.append(a) or 0, None, 1, 0, UC_X86_INS_IN)
+    cpu.refuse_port_io_above_iopl()
+    cpu._hflags.value |= 3                          # CPL 3 with IOPL 0 (no code runs at ring 3 here)
+    cpu.write(EAX, 0)
+    cpu.run(BASE, UNTIL_NEVER, BUDGET)
+    assert cpu.refused_io == (BASE + 3, 1)
+    assert cpu.read(EIP) == BASE + 3 and cpu.read(EAX) == 3 and seen == []
+    assert cpu.executed(BUDGET) == 4                # three incs, and the refused in (count= counts a fault)
+
+
+@needs_c
+def test_code_rewritten_in_place_is_counted_afresh():
+    """Same address, same size, other instruction count: the cache must not answer."""
+    five_nops, mov = b"\x90" * 5 + HLT, b"\xb8\x01\x00\x00\x00" + HLT      # 6 against 2 instructions
+    cpu = block_cpu(five_nops)
+    cpu.run(BASE, UNTIL_NEVER, BUDGET)
+    assert cpu.executed(BUDGET) == 6
+    cpu.uc.mem_write(BASE, mov)
+    cpu.uc.ctl_remove_cache(BASE, BASE + len(mov))   # as machine/pc.py does for a host write
+    cpu.run(BASE, UNTIL_NEVER, BUDGET)
+    assert cpu.executed(BUDGET) == 2
+
+
+@needs_c
+def test_a_stop_asked_from_an_io_hook_lands_at_the_next_block_start():
+    OUT_DX_AL = b"\xee"
+    code = OUT_DX_AL + INC_EAX * 3 + b"\xeb\x00" + INC_EAX + HLT
+    cpu = block_cpu(code)
+    from unicorn import UC_HOOK_INSN
+    from unicorn.x86_const import UC_X86_INS_OUT
+    cpu.uc.hook_add(UC_HOOK_INSN, lambda *a: cpu.stop(), None, 1, 0, UC_X86_INS_OUT)
+    cpu.write(EAX, 0)
+    cpu.run(BASE, UNTIL_NEVER, BUDGET)
+    assert cpu.read(EIP) == BASE + 6 and cpu.read(EAX) == 3        # the block ran to its jmp
+    assert cpu.executed(BUDGET) == 5
+    assert cpu.executed_at_stop(BUDGET) == 1                         # the out that asked
+
+
+@needs_c
+def test_a_technique_with_a_virtual_iopl_can_refuse_port_io_from_a_ring():
+    code = INC_EAX * 2 + b"\xee" + HLT            # out dx, al
+    cpu = block_cpu(code)
+    cpu.refuse_port_io_from_cpl(3)
+    cpu._hflags.value |= 3
+    cpu.run(BASE, UNTIL_NEVER, BUDGET)
+    assert cpu.refused_io == (BASE + 2, 1) and cpu.read(EIP) == BASE + 2
+    cpu = block_cpu(code)
+    cpu.refuse_port_io_from_cpl(None)
+    cpu._hflags.value |= 3
+    cpu.run(BASE, UNTIL_NEVER, 3, exact=True)          # inc, inc, out: the out runs (hlt would #GP)
+    assert cpu.refused_io is None and cpu.read(EIP) == BASE + 3
+
+
+@needs_c
+def test_an_io_hook_sees_its_own_eip_after_a_fault_hook_moved_eip():
+    """Unicorn leaves 'skip the PC sync' set after a hook's EIP write for the rest of the run;
+    from a fault's hook that made every later I/O hook see its block's start."""
+    from unicorn import UC_HOOK_INSN, UC_HOOK_INTR
+    from unicorn.x86_const import UC_X86_INS_IN
+    code = b"\xcc" + NOP * 15 + NOP * 2 + b"\xec" + NOP + HLT     # int3; ...; 0x10: nop; nop; in; nop; hlt
+    cpu = block_cpu(code)
+    seen = []
+
+    def on_int3(uc, intno, _):
+        cpu.cut_block()
+        cpu.write(EIP, BASE + 0x10)
+
+    cpu.uc.hook_add(UC_HOOK_INTR, on_int3)
+    cpu.uc.hook_add(UC_HOOK_INSN, lambda uc, port, size, _: seen.append(cpu.read(EIP)) or 0, None, 1, 0,
+                    UC_X86_INS_IN)
+    cpu.run(BASE, UNTIL_NEVER, BUDGET)
+    assert seen == [BASE + 0x12]
