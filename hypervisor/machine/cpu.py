@@ -21,10 +21,16 @@ from the hardware has to be built here, once, for every technique:
   trapped fault we reset that field (``forget_fault``). Nor does Unicorn end an interrupt
   shadow when an exception interrupts the shadowed instruction: whoever delivers the
   exception calls ``clear_interrupt_shadow``.
-* **changing CPL from outside.** Writing CS does not change the privilege level; the
-  CPL is SS's DPL. ``enter_ring0`` briefly clears CR0.PE so that a real-mode SS load
-  drops the CPL to 0, then loads the target ring-0 segments: a monitor "teleports"
-  into a ring-0 handler without running any code of its own.
+* **changing CPL from outside.** Writing CS does not change the privilege level: QEMU
+  keeps the CPL in hflags, checks each segment load against it, and sets it from SS's
+  DPL when SS is loaded. ``load_ring`` (and ``enter_ring0``) set the CPL first, then load
+  SS and CS, as the hardware's own far transfer does: a monitor "teleports" into a
+  handler at any ring without running any code of its own, and without touching CR0
+  (clearing CR0.PE for a real-mode SS load also works, but flushes the TLB each time).
+* **the segment caches in place.** GDTR, IDTR, LDTR, TR and the six segment registers
+  are QEMU SegmentCache structures inside env; ``segment_layout`` finds them by
+  experiment, and ``Cpu`` reads and writes them directly (~0.1 µs, where the binding's
+  tuples cost ~4.5 µs), base, limit and the flags iret checks.
 * **TR and LDTR as QEMU caches them.** ``set_segment_register`` takes QEMU's cache
   flags: the descriptor's high dword masked with 0x00F0FF00 (P is bit 15, the type bits
   8-11), not the access byte. A TSS is cached *available* (type 9, flags 0x8900), as
@@ -339,12 +345,14 @@ _SEGMENT_INDEX = {ES: 0, CS: 1, SS: 2, DS: 3, FS: 4, GS: 5}
 
 @dataclass(frozen=True)
 class SegmentLayout:
-    """Offsets in env of the segment caches (segs[6], then ldt, tr, gdt, idt, 24 bytes each)."""
+    """Offsets in env of the segment caches (segs[6], then ldt, tr, gdt, idt, 24 bytes each),
+    and of EIP (what ``uc_reg_read(EIP)`` returns: env->eip)."""
     segs: int
     ldt: int
     tr: int
     gdt: int
     idt: int
+    eip: int
 
 
 @lru_cache(maxsize=None)
@@ -373,8 +381,16 @@ def segment_layout() -> SegmentLayout:
             raise CpuError(f"cannot locate the segment cache with base {base:#x} (candidates {found})")
         return found[0]
 
+    eips = []
+    for value in (0x13572468, 0x24681357):
+        uc.reg_write(EIP, value)
+        found = _context_bytes(uc.context_save())[context_env:]
+        eips.append({o for o in range(0, 0x400, 4) if struct.unpack_from("<I", found, o)[0] == value})
+    eip = eips[0] & eips[1]
+    if len(eip) != 1:
+        raise CpuError(f"cannot locate EIP in the CPU state (candidates {sorted(eip)})")
     layout = SegmentLayout(segs=cache_at(0x23450), ldt=cache_at(0x778800), tr=cache_at(0x99AA00),
-                           gdt=cache_at(0x11223000), idt=cache_at(0x44556000))
+                           gdt=cache_at(0x11223000), idt=cache_at(0x44556000), eip=eip.pop())
     cache = _SegmentCache.from_buffer_copy
     checks = [(layout.segs + 24 * _SEGMENT_INDEX[reg], selector, selector << 4)
               for reg, selector in ((ES, 0x2345), (DS, 0x1234), (FS, 0x3456), (GS, 0x4567))]
@@ -416,6 +432,8 @@ class Cpu:
         self._old_exception = ctypes.c_int32.from_address(env + layout.old_exception)
         self._env = env
         segments = segment_layout()
+        self._eip = ctypes.c_uint32.from_address(env + segments.eip)
+        self._esp = ctypes.c_uint32.from_address(env + 8 * _GPRS.index(ESP))
         self._caches = {reg: _SegmentCache.from_address(env + segments.segs + 24 * i)
                         for reg, i in _SEGMENT_INDEX.items()}
         for reg, name in ((LDTR, "ldt"), (TR, "tr"), (GDTR, "gdt"), (IDTR, "idt")):
@@ -434,6 +452,16 @@ class Cpu:
         err = _reg_write(self._handle, reg, self._ref)
         if err:
             raise CpuError(f"reg_write({reg}, {value:#x}) failed (error {err})")
+
+    @property
+    def eip(self) -> int:
+        """EIP, read in place (what uc_reg_read gives: env->eip; ~0.05 µs instead of ~0.4)."""
+        return self._eip.value
+
+    @property
+    def esp(self) -> int:
+        """ESP, read in place (env->regs[R_ESP], low half)."""
+        return self._esp.value
 
     def read_named(self, name: str) -> int:
         """A general register by its capstone name; 16-bit names give the low word."""
@@ -754,14 +782,17 @@ class Cpu:
         r = self._record
         if r is None:
             return
-        self._fault_mark = (r.counter, r.block_address)    # no block has started since this fault
+        address = r.block_address
+        self._fault_mark = (r.counter, address)    # no block has started since this fault
         r.after_fault = 1                   # the hook may write EIP: see blockhook.c, skip_sync_at
-        if not r.block_icount:
+        icount = r.block_icount
+        if not icount:
             return
         if eip is None:
             eip = self.read(EIP)
-        if r.block_address <= eip < r.block_address + r.block_size:
-            self._cuts.append((r.block_address, r.block_size, r.block_icount, eip, 1))
+        size = r.block_size
+        if address <= eip < address + size:
+            self._cuts.append((address, size, icount, eip, 1))
             r.block_icount = 0              # the block is settled: nothing more of it runs
 
     def executed(self, count: int) -> int:

@@ -33,7 +33,7 @@ from ..vmm.monitor import Monitor, VcpuState, software_interrupt_length
 EFLAGS_VM, EFLAGS_RF = 1 << 17, 1 << 16
 _PAGING_REGISTERS = (CR0, CR3, CR4)
 _FRAME_REGISTERS = (CS, EFLAGS, ESP, SS)
-_EVENT_REGISTERS = (EIP, CS, EFLAGS, ESP, SS, CR0)
+_EVENT_REGISTERS = (CS, EFLAGS, ESP, SS, CR0)
 CR0_PG = 1 << 31
 
 
@@ -133,7 +133,7 @@ class Native(Monitor):
         cs, eflags, esp, ss = self.cpu.read_batch(_FRAME_REGISTERS)
         return CpuFrame(eip, cs, eflags, esp, ss)
 
-    def fast_event(self, intno: int) -> bool:
+    def fast_event(self, intno: int, eip: int) -> bool:
         """A fault or ``int n`` with paging off, delivered in one pass: one batched read of
         the registers, the tables straight from RAM (``deliver_flat``), one batched write.
         Anything unusual (paging, a trace to write, a check that fails) takes the general
@@ -141,7 +141,7 @@ class Native(Monitor):
         if self.trace.enabled:
             return False
         cpu = self.cpu
-        eip, cs, eflags, esp, ss, cr0 = cpu.read_batch(_EVENT_REGISTERS)
+        cs, eflags, esp, ss, cr0 = cpu.read_batch(_EVENT_REGISTERS)
         if cr0 & CR0_PG:
             return False
         memory = self.pc.memory

@@ -89,13 +89,21 @@ CALL_GATE16 = 0x4
 ACCESSED = 1 << 40       # set in every shadow descriptor, so the CPU never writes the shadow
 
 
+def _refused_from(cpl: int, iopl: int) -> int | None:
+    """The real ring from which port I/O is refused (a #GP the block counter must stop before,
+    precisely), or None: the virtual rule is CPL > IOPL, and rings 0 and 1 share real ring 1."""
+    if cpl <= 1 and cpl > iopl:
+        return 1
+    return max(2, iopl + 1) if iopl < 3 else None
+
+
 class _Unguarded:
     """Where no read hook guards the monitor's memory (it lies above 4 GiB), opening it is moot."""
     open = 0
 _DATA_SEGMENTS = (DS, ES, FS, GS)
 _IRET_FRAME, _OUTER_STACK = struct.Struct("<3I"), struct.Struct("<2I")
 EFLAGS_VM = 1 << 17
-_EVENT_REGISTERS = (EIP, CS, EFLAGS, ESP, SS)
+_EVENT_REGISTERS = (CS, EFLAGS, ESP, SS)
 
 
 @lru_cache(maxsize=1 << 14)
@@ -170,7 +178,7 @@ class TrapAndEmulate(Monitor):
         self._gdt_frames: set[int] = set()
         self._shadow_entries = 0
         self._shadow_source: bytes | None = None   # the guest GDT bytes the shadow was built from
-        self._io_rule: tuple[int, int] | None = None
+        self._io_rule: int | None = -1         # the ring from which port I/O is refused (-1: not said yet)
         above_4g = self.pc.tlb.native
         base = self.monitor_base = HIGH_MONITOR if above_4g else LOW_MONITOR
         self.kernel_gdt, self.user_gdt = base + KERNEL_GDT, base + USER_GDT
@@ -503,31 +511,22 @@ class TrapAndEmulate(Monitor):
                 cpu.drop_segments_above(rpl)
         finally:
             guard.open = 0
-        rule = (virtual_cpl, v.iopl)
-        if rule != self._io_rule:
-            self._io_rule = rule
-            self._refuse_io_from(virtual_cpl, v.iopl)
-
-    def _refuse_io_from(self, cpl: int, iopl: int) -> None:
-        """Tell the block counter from which real ring port I/O is refused (a #GP it must stop
-        before, precisely): the virtual rule is CPL > IOPL, and rings 0 and 1 share real ring 1."""
-        if cpl <= 1 and cpl > iopl:
-            ring = 1
-        else:
-            ring = max(2, iopl + 1) if iopl < 3 else None
-        self.cpu.refuse_port_io_from_cpl(ring)
+        ring = _refused_from(virtual_cpl, v.iopl)
+        if ring != self._io_rule:
+            self._io_rule = ring
+            cpu.refuse_port_io_from_cpl(ring)
 
     # -- traps -------------------------------------------------------------------------------
-    def fast_event(self, intno: int) -> bool:
+    def fast_event(self, intno: int, eip: int) -> bool:
         """An ``int n`` or a fault other than #GP/#NP (which may be instructions to emulate),
         reflected in one pass through the guest's own tables (``deliver_flat``), as
         ``handle_exception`` would reflect it; anything unusual takes the general path."""
         if self.trace.enabled:
             return False
         if intno == GP or intno == NP:
-            return self._fast_emulate(intno)
+            return self._fast_emulate(intno, eip)
         cpu, v = self.cpu, self.vcpu
-        eip, cs, eflags, esp, ss = cpu.read_batch(_EVENT_REGISTERS)
+        cs, eflags, esp, ss = cpu.read_batch(_EVENT_REGISTERS)
         memory = self.pc.memory
         try:
             software = software_interrupt_length(intno, memory.read((eip - 2) & 0xFFFFFFFF, 2)) > 0
@@ -559,11 +558,10 @@ class TrapAndEmulate(Monitor):
     def _tss_base(self) -> int:
         return self.vcpu.tr_base
 
-    def _fast_emulate(self, intno: int) -> bool:
+    def _fast_emulate(self, intno: int, eip: int) -> bool:
         """A #GP or #NP: the instruction emulated straight from the hook, as
         ``handle_exception`` would emulate it (False: not one the monitor emulates)."""
         cpu = self.cpu
-        eip = cpu.read(EIP)
         try:                            # the two bytes before EIP and the instruction, in one read
             window = self.pc.memory.read((eip - 2) & 0xFFFFFFFF, MAX_INSN + 2)
         except IndexError:
@@ -659,7 +657,7 @@ class TrapAndEmulate(Monitor):
         cpu, v = self.cpu, self.vcpu
         if v.cpl != 0:
             raise Unemulated("iret at a virtual ring above 0: the CPU's own fault stands")
-        esp = cpu.read(ESP)
+        esp = cpu.esp
         ss_base = cpu.segment_register(SS)[1]
         memory = self.pc.memory
         eip, cs, eflags = _IRET_FRAME.unpack(memory.read((ss_base + esp) & 0xFFFFFFFF, 12))

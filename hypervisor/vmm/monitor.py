@@ -336,7 +336,7 @@ class Monitor:
 
     def monitor_instructions(self) -> int:
         """Instructions of the monitor's own that ran on the guest's counter in this slice
-        (a stub that enters the guest): not the guest's work, so not counted as it."""
+        (none today: trap enters the guest without a stub): not the guest's work, so not counted as it."""
         return 0
 
     def stop_slice(self, exit: Exit | None) -> None:
@@ -568,7 +568,7 @@ class Monitor:
 
     def instructions_now(self) -> int:
         """Guest instructions so far, including the running slice, counted as ``_account``
-        will count them (the monitor's stub instructions are not the guest's)."""
+        will count them (the monitor's own instructions are not the guest's)."""
         if not self._slice_budget:
             return self.instructions
         return self.instructions + max(0, self.cpu.executed(self._slice_budget) - self.monitor_instructions())
@@ -576,18 +576,18 @@ class Monitor:
     # == the hooks =========================================================================
     def _hook_intr(self, uc, intno: int, _):
         self.exit_began()
-        self.cpu.cut_block()                # a fault ends the running block at EIP (Cpu.executed)
+        eip = self.cpu.eip
+        self.cpu.cut_block(eip)             # a fault ends the running block at EIP (Cpu.executed)
         if self.pc.stop_requested:
             return                          # the run is ending: as _hook_in (the CPU stops here)
         try:
-            if self.handlers[ExitReason.EXCEPTION_NMI] is self._reflect_exception and self.fast_event(intno):
+            if self.handlers[ExitReason.EXCEPTION_NMI] is self._reflect_exception and self.fast_event(intno, eip):
                 return
         except HvError:
             raise
         except Exception as e:          # as _guarded: a VMM bug ends the run, never a traceback
             self.crash(f"hvsim internal error: {type(e).__name__}: {e}")
             return
-        eip = self.cpu.read(EIP)
         length = self._software_interrupt_length(intno, eip)
         if length:
             exit = Exit(ExitReason.EXCEPTION_NMI, (eip - length) & 0xFFFFFFFF, length, intno, software=True)
@@ -620,9 +620,10 @@ class Monitor:
                 continue
         return 0
 
-    def fast_event(self, intno: int) -> bool:
+    def fast_event(self, intno: int, eip: int) -> bool:
         """The technique's fast path for the commonest events (False: not taken; the
-        general path then runs, from the start, as if it had not been tried). It stands in
+        general path then runs, from the start, as if it had not been tried). ``eip`` is
+        where Unicorn reports the event (after an ``int n``, on a fault). It stands in
         for ``handle_exception`` and is skipped where another handler replaces it."""
         return False
 

@@ -141,3 +141,10 @@ def test_a_ring_change_by_the_monitor_keeps_the_tlb():
     cpu.write(EAX, 0)
     cpu.run(CODE, 1 << 40, 2)
     assert cpu.read(EAX) == 0x1111          # the stale entry: no flush happened
+
+
+def test_eip_and_esp_read_in_place_are_what_unicorn_reports():
+    cpu = make_cpu()
+    cpu.write(EIP, 0x12345678)
+    cpu.write(ESP, 0x0BADF00D)
+    assert (cpu.eip, cpu.esp) == (cpu.read(EIP), cpu.read(ESP)) == (0x12345678, 0x0BADF00D)

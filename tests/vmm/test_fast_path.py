@@ -27,7 +27,7 @@ def run(image: bytes, technique: str, fast: bool) -> dict:
     domain = build_domain(image, technique, max_instructions=20_000_000)
     monitor = domain.monitor
     if not fast:
-        monitor.fast_event = lambda intno: False
+        monitor.fast_event = lambda intno, eip: False
     try:
         result = domain.run()
         registers = monitor.cpu.read_batch(REGISTERS)
@@ -64,7 +64,7 @@ def test_the_fast_path_takes_the_events_of_the_system_call_loop(technique):
     domain = build_domain(image, technique)
     taken = []
     fast_event = domain.monitor.fast_event
-    domain.monitor.fast_event = lambda intno: taken.append(fast_event(intno)) or taken[-1]
+    domain.monitor.fast_event = lambda intno, eip: taken.append(fast_event(intno, eip)) or taken[-1]
     try:
         domain.run()
     finally:
