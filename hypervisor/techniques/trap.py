@@ -102,6 +102,7 @@ class _Unguarded:
     open = 0
 _DATA_SEGMENTS = (DS, ES, FS, GS)
 _IRET_FRAME, _OUTER_STACK = struct.Struct("<3I"), struct.Struct("<2I")
+_IRETS = frozenset({"iret", "iretd"})
 EFLAGS_VM = 1 << 17
 _EVENT_REGISTERS = (CS, EFLAGS, ESP, SS)
 
@@ -570,6 +571,10 @@ class TrapAndEmulate(Monitor):
         if insn is None or software_interrupt_length(intno, window[:2]):
             return False
         self.sync_cpl()
+        if insn.mnemonic in _IRETS and self.vcpu.cpl == 0:
+            cpu.forget_fault()          # the kernel's iret, the commonest: as _emulate runs it
+            self.guarded(eip, self.iret, insn)
+            return True
         exit = Exit(ExitReason.EXCEPTION_NMI, eip, 0, intno, self.error_code_for(intno))
         cpu.forget_fault()
         return self.run_handler(lambda exit: self._emulate(exit, insn), exit) is not False

@@ -387,13 +387,17 @@ class Monitor:
     def run_handler(self, handler, exit: Exit):
         """Run one exit's handler; a fault it raises goes to the guest. Returns what the
         handler returns (None where a fault or a table outside RAM took over)."""
+        return self.guarded(exit.eip, handler, exit)
+
+    def guarded(self, eip: int, work, *args):
+        """``work(*args)`` for the instruction at ``eip``, as ``run_handler`` runs a handler."""
         try:
             try:
-                return handler(exit)
+                return work(*args)
             except GuestFault as fault:
-                self.inject_fault(fault, exit.eip)
+                self.inject_fault(fault, eip)
         except BusError as e:          # the handler's or the fault delivery's: a table outside RAM
-            self.crash(f"guest touched memory outside RAM ({e}) at EIP {exit.eip:#010x}")
+            self.crash(f"guest touched memory outside RAM ({e}) at EIP {eip:#010x}")
         return None
 
     def handle_exception(self, exit: Exit) -> None:
