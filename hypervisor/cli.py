@@ -297,17 +297,10 @@ def _cmd_bench(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:
-        try:
-            return _cmd_bench(argv[1:])
-        except HvError as e:
-            print(f"hv: error: {e}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("hv: interrupted", file=sys.stderr)
-            return 130
-    args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["bench"]:          # the runner's own flags: it parses them itself
+            return _cmd_bench(argv[1:])
+        args = build_parser().parse_args(argv)
         return {"run": _cmd_run, "build": _cmd_build, "compare": _cmd_compare}[args.command](args)
     except HvError as e:
         print(f"hv: error: {e}", file=sys.stderr)
