@@ -792,7 +792,8 @@ class Cpu:
             eip = self.read(EIP)
         size = r.block_size
         if address <= eip < address + size:
-            self._cuts.append((address, size, icount, eip, 1))
+            if eip != address or icount != 1:   # (a one-instruction block cut at its start loses nothing)
+                self._cuts.append((address, size, icount, eip, 1))
             r.block_icount = 0              # the block is settled: nothing more of it runs
 
     def executed(self, count: int) -> int:
