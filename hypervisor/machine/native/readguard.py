@@ -1,7 +1,7 @@
 """The CPU's own reads of the monitor's memory, let through without Python (see readguard.c).
 
 ``ReadGuard`` puts a UC_HOOK_MEM_READ over a range and calls ``hook(address, size)`` only
-for reads that are not the CPU's own: not while ``open`` is set (the monitor is loading
+for reads that are not the CPU's own: not while ``flags.open`` is set (the monitor is loading
 segment registers, whose descriptors live in that range), and not a descriptor read by the
 guest's own iret or retf. The filter is C, built by the package's install step;
 without it the same filter runs in Python after a one-line warning, just as exact but
@@ -69,16 +69,9 @@ class ReadGuard:
 
     @property
     def flags(self) -> _Guard:
-        """The shared structure itself: ``flags.open = 1`` is the cheapest way to open the guard."""
+        """The structure the C filter reads: set ``flags.open`` to 1 while the monitor loads
+        segment registers (and back to 0 after), so that its descriptor reads pass."""
         return self._guard
-
-    @property
-    def open(self) -> bool:
-        return bool(self._guard.open)
-
-    @open.setter
-    def open(self, value: bool) -> None:
-        self._guard.open = 1 if value else 0
 
     def _from_c(self, uc, access, address, size, value, user) -> None:
         try:
