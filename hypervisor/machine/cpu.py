@@ -119,6 +119,12 @@ class _Batch:
         self.pointers = (ctypes.c_void_p * n)(*(ctypes.addressof(self.values) + 8 * i for i in range(n)))
 
 
+class UnreadableCode(Exception):
+    """The CPU runs a translated block whose code the monitor cannot read through the guest's
+    page tables now (a translation they no longer give, still in the TLB), so it cannot split
+    the block at an instruction boundary: the run ends there, as a clean guest crash."""
+
+
 class CpuError(RuntimeError):
     """Unicorn refused something the monitor asked of it: a VMM bug, not a guest's fault."""
 
@@ -704,7 +710,11 @@ class Cpu:
 
     def _prefix_length(self, start: int, size: int, n: int) -> int:
         """Bytes of the first ``n`` instructions of the block at ``start``."""
-        code = bytes(self.code_reader(start, size))
+        try:
+            code = bytes(self.code_reader(start, size))
+        except Exception as e:              # GuestFault, BusError: what the monitor's reader raises
+            raise UnreadableCode(f"the block at {start:#010x} is running but its code cannot be read "
+                                 f"through the guest's page tables ({e}); hvsim cannot stop inside it") from None
         end = 0
         for i, (_, length, _, _) in enumerate(self._disassembler().disasm_lite(code, start)):
             if i == n:

@@ -36,7 +36,7 @@ from unicorn import UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UcError
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_INS_SYSENTER
 
 from ..errors import HvError
-from ..machine.cpu import EAX, EIP, ESP, SEG_BY_NAME
+from ..machine.cpu import EAX, EIP, ESP, SEG_BY_NAME, UnreadableCode
 from ..machine.faults import BusError, GuestFault
 from ..machine.interrupts import (EXCEPTION_NAMES, GP, PF, UD, VECTORS_WITH_ERROR_CODE,
                                   CpuFrame, EventKind, TripleFault,
@@ -284,7 +284,7 @@ class Monitor:
         try:
             cpu.run(eip, UNTIL_NEVER, budget, exact=exact)
             error = None
-        except UcError as e:
+        except (UcError, UnreadableCode) as e:
             error = e
         finally:
             pc.clock.run_slice(None)
