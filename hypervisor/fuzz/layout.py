@@ -52,7 +52,7 @@ FIXED_ENTRIES = 6                # null, kcode, kdata, ucode, udata, tss; the re
 COM1 = 0x3F8
 DEBUG_EXIT = 0xF4
 RAM_BYTES = 64 << 20             # run_image's default
-MONITOR_AREA = (0xFFC00000, 0xFFC24000)   # trap's shadow GDTs, IDT, TSS, iretd stub, stack
+MONITOR_AREA = (0xFFC00000, 0xFFC24000)   # where trap's tables lie without the C TLB fill (else above 4 GiB)
 
 MULTIBOOT_MAGIC = 0x1BADB002
 MULTIBOOT_FLAGS = (1 << 1) | (1 << 16)     # memory info; a.out kludge (address fields valid)
