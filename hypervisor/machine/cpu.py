@@ -787,7 +787,7 @@ class Cpu:
         The block hook counted the whole block when it started; the instructions after
         ``eip`` never ran (the CPU goes to a handler, or back to ``eip``). The faulting
         instruction itself counts as one, as ``count=`` counts it (its count is taken
-        before it runs). Settled when the count is next read.
+        before it runs). Settled at once.
         """
         r = self._record
         if r is None:
@@ -802,9 +802,13 @@ class Cpu:
             eip = self.read(EIP)
         size = r.block_size
         if address <= eip < address + size:
+            r.block_icount = 0              # the block is settled: nothing more of it runs
             if eip != address or icount != 1:   # (a one-instruction block cut at its start loses nothing)
                 self._cuts.append((address, size, icount, eip, 1))
-            r.block_icount = 0              # the block is settled: nothing more of it runs
+                # Settled now, not when the count is next read: the block hook compares the
+                # counter with the slice's deadline at every block start, and a counter still
+                # holding the rest of a cut block let a run end past --max-instructions.
+                self._settle_cuts()
 
     def executed(self, count: int) -> int:
         """Instructions executed by the last ``run(count=count)``, or so far in the running one.
