@@ -169,9 +169,6 @@ class TrapAndEmulate(Monitor):
     name = "trap"
     description = "trap-and-emulate: guest kernel in ring 1, privileged instructions trap (#GP) and are emulated"
     sees_interrupt_flag = True       # cli, sti and iret trap; popf does not, as on real x86
-    # The monitor-read hook tells the CPU's own descriptor reads from a guest's by EIP, which
-    # block counting leaves at the block's start inside QEMU's segment-load helper.
-    block_counting = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -281,9 +278,10 @@ class TrapAndEmulate(Monitor):
         """A read of the monitor's pages that the read guard did not let through.
 
         The CPU reads them itself to load a segment (the shadow GDT); ``read_guard`` lets the
-        monitor's own loads and the guest's iret/retf descriptor reads through. What reaches here is a guest instruction's operand, or the descriptor fetch of a
-        guest's own segment-loading instruction: the run ends for the first, as an access
-        outside RAM ends it under native. (The hook cannot change the value read, but the
+        monitor's own loads and the guest's iret/retf descriptor reads through. What reaches
+        here is a guest instruction's operand, or the descriptor fetch of a guest's own
+        segment-loading instruction: the run ends for the first, as an access outside RAM
+        ends it under native. (The hook cannot change the value read, but the
         guest never runs another instruction.)
 
         Which instruction read? Unicorn sets EIP exactly before every load the translated
@@ -369,14 +367,12 @@ class TrapAndEmulate(Monitor):
 
     def gdt_descriptor(self, selector: int) -> Descriptor:
         """A GDT descriptor the guest names, with the CPU's limit and LDT checks."""
-        v = self.vcpu
         if selector & 4:
             raise GuestFault(GP, selector & 0xFFFC, why="an LDT selector where the GDT is required")
-        index = selector & 0xFFF8
-        if index + 7 > v.gdt_limit:
-            raise GuestFault(GP, selector & 0xFFFC,
-                             why=f"selector {selector:#x} is beyond the table limit {v.gdt_limit:#x}")
-        return decode_descriptor(self.pc.memory.read_u64((v.gdt_base + index) & 0xFFFFFFFF))
+        try:
+            return table_descriptor(self.read_linear, self.vcpu.gdt_base, self.vcpu.gdt_limit, selector)
+        except DeliveryFault as e:
+            raise GuestFault(e.vector, e.error_code, why=e.why) from None
 
     def load_stack_segment(self, selector: int) -> None:
         cpl = self.vcpu.cpl
@@ -493,7 +489,7 @@ class TrapAndEmulate(Monitor):
         cpu.clear_interrupt_shadow()
         here = cpu.cpl
         if view_changes or not here:
-            cpu.set_table_register(GDTR, self.kernel_gdt if virtual_cpl == 0 else self.user_gdt, GDT_LIMIT)
+            self._select_gdt_view()
         guard = self._guard
         guard.open = 1
         try:
@@ -533,19 +529,12 @@ class TrapAndEmulate(Monitor):
             software = software_interrupt_length(intno, memory.read((eip - 2) & 0xFFFFFFFF, 2)) > 0
         except IndexError:
             return False
-        real = cpu.cpl
-        if real >= 2:
-            v.cpl = real                       # rings 2 and 3 are real (sync_cpl)
-        cpl = v.cpl
+        self.sync_cpl()
         error = None if software else self.error_code_for(intno)
         eflags = (eflags & ~(EFLAGS_IF | EFLAGS_IOPL)) | (EFLAGS_IF if v.iflag else 0) | (v.iopl << 12)
-        if cs & 3 == 1:                        # ring 1 shows as the virtual ring (_virtual_selector)
-            shown = cpl if cpl <= 1 else 1
-            cs, ss = (cs & ~3) | shown, (ss & ~3) | shown if ss & 3 == 1 else ss
-        elif ss & 3 == 1:
-            ss = (ss & ~3) | (cpl if cpl <= 1 else 1)
-        done = deliver_flat(memory, self.write_linear, intno, software, error, cpl, v.idt_base, v.idt_limit,
-                            v.gdt_base, v.gdt_limit, self._tss_base, eip, cs, eflags, esp, ss)
+        done = deliver_flat(memory, self.write_linear, intno, software, error, v.cpl, v.idt_base, v.idt_limit,
+                            v.gdt_base, v.gdt_limit, self._tss_base, eip, self._virtual_selector(cs), eflags,
+                            esp, self._virtual_selector(ss))
         if done is None:
             return False
         if not software:

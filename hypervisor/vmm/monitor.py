@@ -215,10 +215,11 @@ class Monitor:
                 self.dispatch(exit)
         self._guarded(turn)
 
-    def _guarded(self, work, *args) -> None:
-        """Run monitor work so that nothing a guest does escapes as a Python error."""
+    def _guarded(self, work, *args):
+        """Run monitor work so that nothing a guest does escapes as a Python error; what the
+        work returns (None where it ended the run instead)."""
         try:
-            work(*args)
+            return work(*args)
         except HvError:
             raise
         except BusError as e:           # a table or stack the guest put outside RAM
@@ -584,14 +585,9 @@ class Monitor:
         self.cpu.cut_block(eip)             # a fault ends the running block at EIP (Cpu.executed)
         if self.pc.stop_requested:
             return                          # the run is ending: as _hook_in (the CPU stops here)
-        try:
-            if self.handlers[ExitReason.EXCEPTION_NMI] is self._reflect_exception and self.fast_event(intno, eip):
-                return
-        except HvError:
-            raise
-        except Exception as e:          # as _guarded: a VMM bug ends the run, never a traceback
-            self.crash(f"hvsim internal error: {type(e).__name__}: {e}")
-            return
+        if self.handlers[ExitReason.EXCEPTION_NMI] is self._reflect_exception and \
+                self._guarded(self.fast_event, intno, eip) is not False:
+            return                          # taken (True), or the run ended (None)
         length = self._software_interrupt_length(intno, eip)
         if length:
             exit = Exit(ExitReason.EXCEPTION_NMI, (eip - length) & 0xFFFFFFFF, length, intno, software=True)
