@@ -27,7 +27,7 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_32, Uc, UcError
 from unicorn import x86_const as X
 
 from hypervisor.image.multiboot import BOOT_MAGIC, MULTIBOOT_INFO_ADDR, multiboot_info, parse_kernel
-from hypervisor.machine.cpu import Cpu, _private_offsets
+from hypervisor.machine.cpu import Cpu, _private_offsets, exit_request_flag
 from hypervisor.machine.native.tlbfill import TlbFill
 from hypervisor.machine.pc import BOOT_CS, BOOT_DS, BOOT_GDT, BOOT_GDT_ADDR
 
@@ -61,8 +61,9 @@ class _BareCpu:
 
 def run_raw(image: bytes, memory_mib: int = 64, count: int = 0, tlb_fill: bool = False) -> RawResult:
     """Run a Multiboot image on a plain Unicorn; ``count=0`` runs it uncounted. ``tlb_fill``
-    gives it hvsim's C TLB fill (machine/native/tlbfill.c), which keeps data stores off
-    Unicorn's slow path: the fastest this engine runs the guest, the floor for native."""
+    gives it hvsim's engine settings: the C TLB fill (machine/native/tlbfill.c), which keeps
+    data stores off Unicorn's slow path, and no exit check after every memory access
+    (``Cpu._exit_requests``): the fastest this engine runs the guest, the floor for native."""
     ram = memory_mib << 20
     kernel = parse_kernel(image, ram)
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
@@ -108,6 +109,9 @@ def run_raw(image: bytes, memory_mib: int = 64, count: int = 0, tlb_fill: bool =
     uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
     if tlb_fill:
         TlbFill(_BareCpu(uc), native=True)     # the benchmark guests never turn paging on
+        flag = exit_request_flag()
+        if flag is not None and not count:
+            ctypes.c_uint8.from_address(uc._uch.value + flag).value = 1
 
     reason = "stopped"
     started, started_cpu = time.perf_counter(), time.process_time()

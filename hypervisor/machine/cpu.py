@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -414,6 +415,63 @@ def segment_layout() -> SegmentLayout:
     return layout
 
 
+# The start of check_exit_request_x86_64 (tcg-op.c) in the wheel's library:
+#   mov rsi, [rdi + A]       ; tcg_ctx->uc
+#   cmp byte [rsi + B], 0    ; uc->no_exit_request
+_EXIT_REQUEST_CODE = re.compile(rb"\x48\x8b\xb7(.{4})\x80\xbe(.{4})\x00", re.DOTALL)
+
+
+@lru_cache(maxsize=None)
+def exit_request_flag() -> int | None:
+    """Offset in uc_struct of Unicorn's ``no_exit_request`` (a bool), or None if not found.
+
+    Unicorn 2.1.4 compiles a call to ``helper_check_exit_request`` after every guest load
+    and store (tcg-op.c, ``check_exit_request``), so that a hook's ``emu_stop`` takes effect
+    at the next memory access rather than at the next block start. QEMU has nothing of the
+    kind, and it costs about a fifth of Unicorn's time on ordinary code. Translation skips
+    the call while ``uc->no_exit_request`` is set, which only Unicorn's ARM translator does.
+    hvsim never relies on it: with block counting, every stop is taken by the block hook
+    at a block start (``Cpu.stop``).
+
+    The offset is read from the library's own ``check_exit_request_x86_64``, whose first
+    two instructions load ``tcg_ctx->uc`` and test the flag, and then confirmed by
+    experiment on a scratch CPU: with the byte set, a stop asked by a port-I/O hook lets
+    the rest of its block run; with it clear, the stop lands at the store after the I/O.
+    """
+    try:
+        code = ctypes.string_at(ctypes.cast(ctypes.CDLL(uclib._name).check_exit_request_x86_64,
+                                            ctypes.c_void_p).value, 16)
+    except (AttributeError, OSError, ValueError):
+        return None
+    match = _EXIT_REQUEST_CODE.match(code)
+    if match is None:
+        return None
+    offset = struct.unpack("<i", match.group(2))[0]
+    if not 0 < offset < 0x10000:
+        return None
+    try:
+        return offset if (_stop_probe(None), _stop_probe(offset)) == ((0, 0x1002), (2, 0x100A)) else None
+    except (UcError, CpuError):
+        return None
+
+
+def _stop_probe(flag: int | None) -> tuple[int, int]:
+    """(EBX, EIP) after ``out 0x80, al; mov [0x3000], eax; inc ebx; inc ebx; hlt`` with the
+    ``out`` hook asking for a stop, the byte at ``flag`` set (None: left alone)."""
+    from unicorn import UC_HOOK_INSN
+    uc = _scratch_cpu()
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(0x1000, b"\xe6\x80" + b"\xa3\x00\x30\x00\x00" + b"\x43\x43" + b"\xf4")
+    if flag is not None:
+        byte = _peek(uc._uch.value + flag, 1)
+        if byte != b"\x00":
+            raise CpuError("the exit-request flag is not clear on a fresh CPU")
+        ctypes.c_uint8.from_address(uc._uch.value + flag).value = 1
+    uc.hook_add(UC_HOOK_INSN, lambda uc, port, size, value, _: uc.emu_stop(), None, 1, 0, X.UC_X86_INS_OUT)
+    uc.emu_start(0x1000, 0x2000)
+    return uc.reg_read(X.UC_X86_REG_EBX), uc.reg_read(X.UC_X86_REG_EIP)
+
+
 class Cpu:
     """One x86 CPU: a Unicorn instance plus fast register access and the tricks above."""
 
@@ -531,6 +589,7 @@ class Cpu:
             blockhook.warn_once(blockhook.why_not() or "not loaded")
             counting = "count"
         self.counting = counting
+        self._exit_requests(counting == "count")
         self.block_hook = blockhook.BlockHook(self, callback, counting == "block") if callback else None
         self._record = self.block_hook.record if counting == "block" else None
         self._running = False
@@ -547,6 +606,15 @@ class Cpu:
         # sets its own (paging); by default linear is physical.
         self.code_reader = self.uc.mem_read
 
+    def _exit_requests(self, on: bool) -> None:
+        """Have Unicorn compile its exit check after every guest memory access (``on``), or
+        not (see ``exit_request_flag``). ``count=`` needs it: its stop after the N-th
+        instruction is that check. Block counting does not: the block hook takes every stop.
+        Read at translation: set before code is translated, or flush."""
+        flag = exit_request_flag()
+        if flag is not None:
+            ctypes.c_uint8.from_address(self._handle.value + flag).value = 0 if on else 1
+
     def count_every_instruction(self) -> None:
         """Count with ``count=`` from now on: for a monitor whose hooks need EIP exact on every
         instruction (with block counting, a hook called from inside a QEMU helper, such as
@@ -555,9 +623,11 @@ class Cpu:
         under the other)."""
         if self._record is not None:
             self._record.counting = 0
+            self._record.fast = 0
             self._record.io_guard = 0
             self._record = None
             self.counting = "count"
+            self._exit_requests(True)
             self.uc.ctl_flush_tb()
 
     def refuse_port_io_above_iopl(self, on: bool = True) -> None:
@@ -739,9 +809,9 @@ class Cpu:
         request is remembered, or every stop from a port-I/O hook would count one
         instruction that never ran.
 
-        With blocks, Unicorn would notice ``emu_stop`` at the next block start or (2.1.4)
-        after the next guest memory access, whichever comes first: an I/O hook cannot end
-        its block. So the stop is asked of the block hook instead: the slice ends at the
+        With blocks, Unicorn would notice ``emu_stop`` at the next block start (and, were
+        ``exit_request_flag`` not set, after the next guest memory access): an I/O hook
+        cannot end its block. So the stop is asked of the block hook instead: the slice ends at the
         next block start, before that block runs, the instruction boundary where QEMU
         itself takes an interrupt; where that is depends only on the code. The count at
         the request is remembered too, for a run that ends there (``executed_at_stop``).

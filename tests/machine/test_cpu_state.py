@@ -148,3 +148,21 @@ def test_eip_and_esp_read_in_place_are_what_unicorn_reports():
     cpu.write(EIP, 0x12345678)
     cpu.write(ESP, 0x0BADF00D)
     assert (cpu.eip, cpu.esp) == (cpu.read(EIP), cpu.read(ESP)) == (0x12345678, 0x0BADF00D)
+
+
+def test_unicorns_exit_check_after_every_memory_access_is_found_and_turned_off_for_block_counting():
+    """2.1.4 calls helper_check_exit_request after every guest load and store; with block
+    counting nothing needs it (the block hook takes every stop), ``count=`` does."""
+    from hypervisor.machine.cpu import exit_request_flag
+    flag = exit_request_flag()
+    assert flag is not None, "the pinned Unicorn's check_exit_request was not recognised"
+
+    def no_exit_request(cpu: Cpu) -> int:
+        return ctypes.c_uint8.from_address(cpu.uc._uch.value + flag).value
+
+    block = Cpu(tcg_buffer_mib=4, counting="block")
+    count = Cpu(tcg_buffer_mib=4, counting="count")
+    assert (block.counting, no_exit_request(block)) == ("block", 1)
+    assert (count.counting, no_exit_request(count)) == ("count", 0)
+    block.count_every_instruction()
+    assert no_exit_request(block) == 0

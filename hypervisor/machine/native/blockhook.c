@@ -107,6 +107,8 @@ struct record {
     volatile int32_t after_fault;
     volatile int32_t io_guard_cpl;  /* io_guard 2: stop before port I/O at CPL >= this (a
                                      * technique whose IOPL is virtual says where it refuses) */
+    int32_t fast;               /* 1: the common case may skip the checks (hv_block): counting, and
+                                 * every pointer above that the fast path reads is set */
     struct entry cache[CACHE_SIZE];
 };
 
@@ -152,10 +154,47 @@ static void wipe(struct record *r)
         r->cache[i].size = 0;
 }
 
-/* uc_cb_hookcode_t: void (*)(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) */
+static inline int io_guarded(const struct record *r)
+{
+    return r->io_guard == 1 ? (r->hflags_at[0] & 3) > ((*r->eflags_at >> EFLAGS_IOPL_SHIFT) & 3)
+         : r->io_guard == 2 ? (int32_t)(r->hflags_at[0] & 3) >= r->io_guard_cpl : 0;
+}
+
+static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct record *r)
+    __attribute__((noinline));
+
+/* uc_cb_hookcode_t: void (*)(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
+ *
+ * The common case first, in as few instructions as will do (this runs once per translated
+ * block, every few guest instructions): counting, no window to open (nothing armed, or IF
+ * still 0: a guest that keeps interrupts off while one waits runs here), no fault just taken, the
+ * block known, no translated block dropped since, no deadline reached or crossed, no port
+ * I/O to refuse. Then the block is simply added. Anything else takes hv_block_slow, which
+ * checks everything in order; where every condition here holds, it does exactly this. */
 void hv_block(void *uc, uint64_t address, uint32_t size, void *user_data)
 {
     struct record *r = user_data;
+    const struct entry *e = &r->cache[slot(address, size)];
+    uint64_t next = r->counter + e->icount;
+
+    if (__builtin_expect(r->fast && !r->after_fault
+            && !(r->armed && (*r->eflags_at & EFLAGS_IF))
+            && e->address == address && e->size == size
+            && (r->exact ? next : r->counter + 1) <= r->deadline
+            && *r->invalidations_at == r->invalidations_seen
+            && *r->flushes_at == r->flushes_seen
+            && !io_guarded(r), 1)) {
+        r->counter = next;
+        r->block_address = address;
+        r->block_size = size;
+        r->block_icount = e->icount;
+        return;
+    }
+    hv_block_slow(uc, address, size, r);
+}
+
+static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct record *r)
+{
     struct entry *e;
     int guard, smc;
 
@@ -196,8 +235,7 @@ void hv_block(void *uc, uint64_t address, uint32_t size, void *user_data)
             r->flushes_seen = *r->flushes_at;
         wipe(r);
     }
-    guard = r->io_guard == 1 ? (r->hflags_at[0] & 3) > ((*r->eflags_at >> EFLAGS_IOPL_SHIFT) & 3)
-          : r->io_guard == 2 ? (int32_t)(r->hflags_at[0] & 3) >= r->io_guard_cpl : 0;
+    guard = io_guarded(r);
     e = &r->cache[slot(address, size)];
     if (e->address != address || e->size != size) {
         struct uc_tb tb;

@@ -101,6 +101,7 @@ class _Record(ctypes.Structure):
         ("skip_sync_at", ctypes.c_void_p),
         ("after_fault", ctypes.c_int32),
         ("io_guard_cpl", ctypes.c_int32),
+        ("fast", ctypes.c_int32),
         ("cache", _Entry * CACHE_SIZE),
     ]
 
@@ -166,6 +167,8 @@ class BlockHook:
         skip_sync = skip_sync_offset()
         if skip_sync is not None:
             r.skip_sync_at = cpu.uc._uch.value + skip_sync
+        # The fast path (hv_block) reads these pointers without a test for NULL.
+        r.fast = int(bool(counting and r.invalidations_at and r.flushes_at and r.eflags_at and r.hflags_at))
         self._learn = _LEARN(lambda address, size: _learned(cpu, address, size))
         r.learn = ctypes.cast(self._learn, ctypes.c_void_p).value
         handle = ctypes.c_size_t()

@@ -312,9 +312,25 @@ def test_a_technique_with_a_virtual_iopl_can_refuse_port_io_from_a_ring():
 
 
 @needs_c
-def test_an_io_hook_sees_its_own_eip_after_a_fault_hook_moved_eip():
+def test_port_io_in_a_block_already_counted_is_refused_once_the_cpl_rises():
+    """The hook's fast path answers a block it knows without decoding it: the I/O guard
+    must still see a block that first ran where port I/O was allowed."""
+    code = INC_EAX * 2 + b"\xec" + HLT               # in al, dx
+    cpu = block_cpu(code)
+    cpu.refuse_port_io_above_iopl()
+    cpu.run(BASE, UNTIL_NEVER, BUDGET)                 # CPL 0: the in runs, the block is known
+    assert cpu.refused_io is None and cpu.read(EIP) == BASE + 4
+    cpu._hflags.value |= 3                             # CPL 3 with IOPL 0
+    cpu.run(BASE, UNTIL_NEVER, BUDGET)
+    assert cpu.refused_io == (BASE + 2, 1) and cpu.read(EIP) == BASE + 2
+
+
+@needs_c
+@pytest.mark.parametrize("known", [False, True], ids=["new-block", "known-block"])
+def test_an_io_hook_sees_its_own_eip_after_a_fault_hook_moved_eip(known):
     """Unicorn leaves 'skip the PC sync' set after a hook's EIP write for the rest of the run;
-    from a fault's hook that made every later I/O hook see its block's start."""
+    from a fault's hook that made every later I/O hook see its block's start. ``known``: the
+    block after the fault already ran once, so the hook's fast path meets it."""
     from unicorn import UC_HOOK_INSN, UC_HOOK_INTR
     from unicorn.x86_const import UC_X86_INS_IN
     code = b"\xcc" + NOP * 15 + NOP * 2 + b"\xec" + NOP + HLT     # int3; ...; 0x10: nop; nop; in; nop; hlt
@@ -328,5 +344,9 @@ def test_an_io_hook_sees_its_own_eip_after_a_fault_hook_moved_eip():
     cpu.uc.hook_add(UC_HOOK_INTR, on_int3)
     cpu.uc.hook_add(UC_HOOK_INSN, lambda uc, port, size, _: seen.append(cpu.read(EIP)) or 0, None, 1, 0,
                     UC_X86_INS_IN)
+    if known:
+        cpu.run(BASE + 0x10, UNTIL_NEVER, BUDGET)
+        assert seen == [BASE + 0x12]
+        seen.clear()
     cpu.run(BASE, UNTIL_NEVER, BUDGET)
     assert seen == [BASE + 0x12]
