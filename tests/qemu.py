@@ -5,11 +5,13 @@ the bare machine we trust is QEMU's. This runner boots an image exactly as DESIG
 reference run does:
 
     qemu-system-i386 -m 64 -kernel IMAGE -serial stdio \
-        -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+        -device isa-debug-exit,iobase=0xf4,iosize=0x04 -device pc-testdev \
         -display none -no-reboot -nodefaults -monitor none
 
 `-nodefaults` removes the default VGA, NIC and parallel port, so COM1 on stdio is the console;
-`-no-reboot` turns a triple fault into an exit instead of an endless reboot loop.
+`-no-reboot` turns a triple fault into an exit instead of an endless reboot loop. pc-testdev
+(QEMU's test device, ports 0xe0-0xeb and 0x2000, a window at 0xff000000) is part of every hvsim
+PC, so the referee has it too.
 isa-debug-exit makes QEMU exit with status (value << 1) | 1 when the guest writes `value` to
 port 0xf4, so an odd status decodes to the guest's exit code; anything else (a triple fault
 exits 0, a timeout) is reported as None.
@@ -27,7 +29,7 @@ QEMU = "qemu-system-i386"
 def qemu_command(image_path, memory_mib: int = 64) -> list[str]:
     return [
         QEMU, "-m", str(memory_mib), "-kernel", str(image_path), "-serial", "stdio",
-        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-device", "pc-testdev",
         "-display", "none", "-no-reboot", "-nodefaults", "-monitor", "none",
     ]
 

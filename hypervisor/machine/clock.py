@@ -75,6 +75,11 @@ class VirtualClock:
     def deadline(self, owner: Hashable) -> int | None:
         return self._timers.get(owner)
 
+    def due(self) -> list[Hashable]:
+        """The owners whose deadline has come, earliest first."""
+        now = self.now
+        return [owner for owner, t in sorted(self._timers.items(), key=lambda item: item[1]) if t <= now]
+
     def next_deadline(self) -> int | None:
         """The earliest armed event, or None when no timer is armed."""
         return min(self._timers.values()) if self._timers else None

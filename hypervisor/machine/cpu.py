@@ -134,6 +134,9 @@ class CpuError(RuntimeError):
 HF_CPL_MASK = 3 << 0
 HF_INHIBIT_IRQ_MASK = 1 << 3     # the sti / mov ss interrupt shadow
 HF_PE_MASK = 1 << 7
+# hflags2, the word after hflags in CPUX86State: NMIs blocked from an NMI's delivery to the next
+# iret, which clears the bit in QEMU's helper_iret_protected (tests/machine/test_cpu_state.py).
+HF2_NMI_MASK = 1 << 2
 
 _GPRS = (EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI)
 _RING_ENTRY = (SS, CS, ESP, EFLAGS, EIP)
@@ -477,19 +480,31 @@ class Cpu:
 
     def __init__(self, tcg_buffer_mib: int = 128, counting: str | None = None):
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        # One CPU model under every technique: QEMU's qemu32, the referee's default for
+        # qemu-system-i386 (Unicorn's own default advertises MOVBE and leaf 0xd, which the
+        # referee's guests would see). Set before the CPU exists, i.e. before anything else.
+        self.uc.ctl_set_cpu_model(X.UC_CPU_X86_QEMU32)
         self.uc.ctl_set_tcg_buffer_size(tcg_buffer_mib << 20)
         self._handle = self.uc._uch
         self._value = ctypes.c_uint64()
         self._ref = ctypes.byref(self._value)
         layout = private_layout()
         self._counter = ctypes.c_uint64.from_address(self._handle.value + layout.counter)
+        # uc_struct's emu_count, the budget of emu_start(count=), follows emu_counter (uc_priv.h);
+        # tests/machine/test_cpu_state.py checks it holds the count a run was given.
+        self._emu_count = ctypes.c_uint64.from_address(self._handle.value + layout.counter + 8)
+        self.in_memory_access = False       # inside an MMIO callback (Monitor.mmio_read/mmio_write)
         env = _env_at(self.uc, layout.cpu_pointer, layout.cpu_env)
         if env is None:
             raise CpuError("this CPU's state is not where the probe found it")
         self._stopped_at: int | None = None
+        # EIP as a hook found it where Unicorn left EIP at the block's start (an MMIO access,
+        # Monitor._mmio_instruction): ``executed`` counts up to this instruction meanwhile.
+        self.eip_hint: int | None = None
         self._reads: dict[tuple[int, ...], _Batch] = {}
         self._writes: dict[tuple[int, ...], _Batch] = {}
         self._hflags = ctypes.c_uint32.from_address(env + layout.hflags)
+        self._hflags2 = ctypes.c_uint32.from_address(env + layout.hflags + 4)
         self.eflags_address = env + layout.eflags       # where IF lives, for the native block hook
         self.hflags_address = env + layout.hflags       # where the CPL lives, for its I/O guard
         self._error_code = ctypes.c_int32.from_address(env + layout.error_code)
@@ -564,6 +579,26 @@ class Cpu:
             raise CpuError("set_segment_register loads LDTR or TR only")
         cache = self._caches[reg]
         cache.selector, cache.base, cache.limit, cache.flags = selector & 0xFFFF, base, limit, flags
+
+    @property
+    def nmi_blocked(self) -> bool:
+        """An NMI was delivered and no iret has run since: the next NMI waits (SDM 6.7.1).
+        The CPU's own iret clears it; a monitor that emulates iret clears it itself."""
+        return bool(self._hflags2.value & HF2_NMI_MASK)
+
+    @nmi_blocked.setter
+    def nmi_blocked(self, blocked: bool) -> None:
+        self._hflags2.value = self._hflags2.value | HF2_NMI_MASK if blocked else self._hflags2.value & ~HF2_NMI_MASK
+
+    def watch_nmi_window(self, on: bool = True) -> bool:
+        """While ``on``, stop the CPU at the first block start after the guest's own iret has
+        unblocked NMIs (QEMU's iret ends its block), so that a waiting NMI is delivered right
+        after that iret, where the hardware delivers it. False without the C block hook."""
+        hook = self.block_hook
+        if hook is None:
+            return False
+        hook.record.nmi_armed = int(on)
+        return True
 
     @property
     def cpl(self) -> int:
@@ -820,7 +855,14 @@ class Cpu:
         if r is None:
             if self._stopped_at is None:
                 self._stopped_at = self._counter.value
-            self.uc.emu_stop()
+            if self.in_memory_access:
+                # emu_stop from a memory access's callback is taken by the exit check Unicorn
+                # compiles after the access, which restores EIP to the *same* instruction: it
+                # would run again, its device access twice. Lower the budget instead: the next
+                # instruction's count check stops the CPU before that one runs.
+                self._emu_count.value = self._counter.value
+            else:
+                self.uc.emu_stop()
             return
         if not self._running:
             self.uc.emu_stop()
@@ -903,7 +945,7 @@ class Cpu:
             self._settle_cuts()
         if not r.block_icount or (not self._running and r.stopped):
             return r.counter
-        eip = self.read(EIP)
+        eip = self.read(EIP) if self.eip_hint is None else self.eip_hint
         start = r.block_address
         if not start <= eip < start + r.block_size:
             return r.counter                # the block ran to its end

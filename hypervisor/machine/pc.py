@@ -16,12 +16,19 @@ from dataclasses import dataclass, field
 from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ
 
 from ..image.multiboot import BOOT_MAGIC, MULTIBOOT_INFO_ADDR, KernelImage, multiboot_info
+from . import firmware
 from .clock import VirtualClock
 from .cpu import CR0, CS, DS, EAX, EBX, EFLAGS, EIP, ES, ESP, FS, GDTR, GS, SS, TR, Cpu
 from .descriptors import decode_descriptor, encode_segment, unicorn_flags
 from .devices import standard_pc_devices
 from .devices.bus import PortBus
+from .devices.ioapic import IoApic
+from .devices.pic import PicPair
+from .devices.lapic import LocalApic
+from .devices.testdev import IOMEM_BASE as TESTDEV_IOMEM, IOMEM_SIZE as TESTDEV_IOMEM_SIZE
+from .irqs import InterruptRouter
 from .memory import GuestMemory, MachineMemory
+from .mmio import MmioBus, WindowDevice
 from .native.tlbfill import TlbFill
 
 # Multiboot leaves the GDTR undefined but CS/DS flat; like QEMU's multiboot loader we
@@ -29,6 +36,35 @@ from .native.tlbfill import TlbFill
 BOOT_GDT_ADDR = 0x0500
 BOOT_CS, BOOT_DS = 0x10, 0x18
 BOOT_GDT = [0, 0, encode_segment(0, 0xFFFFF, 0x9A), encode_segment(0, 0xFFFFF, 0x92)]
+
+
+class DeviceMemory:
+    """Guest RAM as a DMA-capable device (fw_cfg) sees it. A device's write lands in RAM the
+    way a CPU store does: code translated from those bytes is dropped, and a write-protected
+    frame (a shadowed guest table) tells its monitor."""
+
+    def __init__(self, pc: "PC") -> None:
+        self._pc = pc
+        self.size = pc.memory.size
+
+    def contains(self, paddr: int, length: int = 1) -> bool:
+        return self._pc.memory.contains(paddr, length)
+
+    def read(self, paddr: int, length: int) -> bytes:
+        return self._pc.memory.read(paddr, length)
+
+    def write(self, paddr: int, data: bytes) -> None:
+        pc = self._pc
+        pc.memory.write(paddr, data)
+        if not data:
+            return
+        pc.cpu.uc.ctl_remove_cache(paddr, paddr + len(data))
+        if pc.on_write_protected is not None:
+            machine, p2m = pc.memory.machine, pc.memory.p2m
+            for pfn in range(paddr >> 12, ((paddr + len(data) - 1) >> 12) + 1):
+                if machine.is_write_protected(p2m[pfn]):
+                    pc.on_write_protected(paddr, len(data))
+                    break
 
 
 @dataclass
@@ -59,7 +95,21 @@ class PC:
             def tx(byte: int) -> None:
                 console.append(byte)
                 on_console(byte)
-        self.devices = standard_pc_devices(self.bus, self.clock, tx=tx, on_exit=self._debug_exit)
+        self.ioapic: IoApic | None = None
+        self.pic = pic = PicPair()
+        self.devices = standard_pc_devices(self.bus, self.clock, tx=tx, on_exit=self._debug_exit,
+                                           memory=DeviceMemory(self), isa_irq=self._isa_irq, pic=pic)
+        # The APICs, as QEMU's pc machine wires them: the PIC reaches the core through the
+        # local APIC's LINT0, every ISA line also reaches an I/O APIC input (irqs.py), and the
+        # I/O APIC's messages go to the local APIC, whose EOIs come back for level inputs.
+        self.lapic = LocalApic(self.clock)
+        self.ioapic = IoApic(self.lapic.deliver_message, self.clock, extint_vector=pic.acknowledge)
+        self.lapic.on_eoi = self.ioapic.eoi
+        self.mmio = MmioBus(self.cpu)
+        self.mmio.register(self.lapic, LocalApic.BASE, LocalApic.SIZE, wider="refuse")
+        self.mmio.register(self.ioapic, IoApic.BASE, IoApic.SIZE)
+        self.mmio.register(WindowDevice(self.devices.testdev), TESTDEV_IOMEM, TESTDEV_IOMEM_SIZE)
+        self.irqs = InterruptRouter(pic, self.lapic, self.ioapic, self.devices.pit)
         self.stop_requested: str | None = None
         # Write protection of guest frames (a monitor's shadow of a guest table follows it),
         # and of the monitor's own memory, which no guest write may change.
@@ -69,6 +119,13 @@ class PC:
         self._monitor_regions: list[tuple[int, int, mmap.mmap]] = []
 
     # -- events the devices raise -------------------------------------------------------
+    def _isa_irq(self, line: int, level: bool) -> None:
+        """An ISA interrupt line: to the PIC's input and to the I/O APIC's (QEMU's gsi_handler;
+        the I/O APIC itself takes line 0 on its input 2)."""
+        self.pic.set_irq(line, level)
+        if self.ioapic is not None:
+            self.ioapic.set_irq(line, level)
+
     def _debug_exit(self, value: int) -> None:
         self.outcome.exit_code = value
         self.request_stop(f"guest wrote {value:#x} to isa-debug-exit")
@@ -152,6 +209,7 @@ class PC:
             self.bus.write(port, 1, value)
 
     def load_kernel(self, kernel: KernelImage, cmdline: bytes = b"") -> None:
+        firmware.install(self.memory.write, self.memory.size)   # the tables first, as SeaBIOS leaves them
         for seg in kernel.segments:
             self.memory.write(seg.paddr, seg.data + bytes(seg.memsz - len(seg.data)))
         self.memory.write(MULTIBOOT_INFO_ADDR, multiboot_info(self.memory.size, MULTIBOOT_INFO_ADDR, cmdline))

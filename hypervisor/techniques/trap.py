@@ -424,7 +424,7 @@ class TrapAndEmulate(Monitor):
         # sti's shadow: the interrupt is taken after the *next* instruction, so that
         # `sti; hlt` wakes from the hlt rather than before it.
         self.vcpu.shadow_from = self.instructions_now()
-        if self._pic_pending():
+        if self._interrupt_pending():
             self.stop_slice(Exit(ExitReason.INTERRUPT_WINDOW, self.cpu.read(EIP)))
 
     def io_permitted(self) -> bool:
@@ -671,7 +671,8 @@ class TrapAndEmulate(Monitor):
         else:
             self.stats.add(ExitReason.IRET)
         self.enter_guest(CpuFrame(eip, cs, eflags, new_esp & 0xFFFFFFFF, ss), target_cpl)
-        if self._pic_pending() and v.iflag:
+        cpu.nmi_blocked = False          # as the CPU's iret does: the next NMI may come
+        if (self._interrupt_pending() and v.iflag) or self.pc.irqs.nmi_pending():
             self.stop_slice(Exit(ExitReason.INTERRUPT_WINDOW, eip))
 
     def _check_return_code(self, cs: int, target_cpl: int, what: str) -> None:

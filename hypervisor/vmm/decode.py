@@ -8,7 +8,7 @@ ESP/EBP bases, DS otherwise, unless overridden); the monitor adds the segment ba
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Union
 
@@ -42,6 +42,9 @@ class Mem:
     scale: int
     disp: int
     size: int                  # bytes the instruction reads or writes there (6 for m16:32)
+    # capstone's CS_AC_READ (1) | CS_AC_WRITE (2), 0 where it does not say; not part of what the
+    # operand *is* (two equal operands may be read by one instruction and written by another)
+    access: int = field(default=0, compare=False)
 
     @property
     def default_segment(self) -> str:
@@ -92,7 +95,7 @@ def decode(code: bytes, address: int) -> Instruction | None:
             elif op.type == C.X86_OP_MEM:
                 m = op.mem
                 ops.append(Mem(_reg(insn, m.segment), _reg(insn, m.base), _reg(insn, m.index),
-                               m.scale, m.disp, op.size))
+                               m.scale, m.disp, op.size, getattr(op, "access", 0) & 3))
         prefixes = tuple(p for p in insn.prefix if p)
         return Instruction(insn.address, insn.size, bytes(insn.bytes), insn.mnemonic,
                            insn.op_str, tuple(ops), prefixes)

@@ -49,6 +49,7 @@ class ExitReason(enum.IntEnum):
     SYSTEM_CALL = 264            # sysenter / sysexit / syscall emulated by the monitor
     GUEST_CRASH = 265            # the guest did something the machine cannot continue from
     TABLE_WRITE = 266            # a write to a write-protected guest table (the GDT; page tables later)
+    MMIO = 267                   # a load or store reached a memory-mapped device (under hvm: an EPT violation)
 
     @property
     def label(self) -> str:

@@ -36,12 +36,12 @@ from unicorn import UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UcError
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_INS_SYSENTER
 
 from ..errors import HvError
-from ..machine.cpu import EAX, EIP, ESP, SEG_BY_NAME, UnreadableCode
+from ..machine.cpu import CR0, EAX, EIP, ESP, SEG_BY_NAME, UnreadableCode
+from ..machine.native.tlbfill import CR0_PG
 from ..machine.faults import BusError, GuestFault
-from ..machine.interrupts import (EXCEPTION_NAMES, GP, PF, UD, VECTORS_WITH_ERROR_CODE,
+from ..machine.interrupts import (EXCEPTION_NAMES, GP, NMI, PF, UD, VECTORS_WITH_ERROR_CODE,
                                   CpuFrame, EventKind, TripleFault,
                                   deliver_with_escalation)
-from ..machine.devices.pit import PIT_IRQ
 from ..machine.native.loader import uc_hook_add
 from ..machine.pc import PC
 from ..memory.walker import PF_P, PF_RSVD
@@ -55,6 +55,9 @@ UNTIL_NEVER = 1 << 40          # an end address EIP never reaches: slices end by
 # Without a native interrupt-window hook, an interrupt that waits on an IF the monitor
 # cannot see change is looked for again after POLL_FIRST instructions, doubling to POLL_MAX.
 POLL_FIRST, POLL_MAX = 1_000, 1_000_000
+# A halted guest whose timers keep firing without an interrupt ever reaching the CPU is
+# asleep for good: the run ends after this many deadlines (docs/architecture.md).
+IDLE_LIMIT = 10_000
 
 
 def software_interrupt_length(intno: int, before: bytes) -> int:
@@ -124,6 +127,8 @@ class Monitor:
         self.state = VcpuState.RUNNING
         self.slice_exit: Exit | None = None   # what a hook asked the loop to handle
         self._poll_slice = POLL_FIRST
+        self._idle_streak = 0            # timer deadlines passed in hlt since the last interrupt
+        self._mmio_cursor: tuple = (None, 0)   # ((block, count), EIP) of the last MMIO access
         self._slice_budget = 0
         self._slice_end_ns: int | None = None
         self._wall = time.perf_counter()
@@ -150,6 +155,7 @@ class Monitor:
         uc.hook_add(UC_HOOK_INSN, self._hook_system_call, None, 1, 0, UC_X86_INS_SYSENTER)
         uc.hook_add(UC_HOOK_INSN, self._hook_system_call, None, 1, 0, UC_X86_INS_SYSCALL)
         pc.clock.on_rearm = self._timer_rearmed
+        pc.mmio.handler = self           # loads and stores that reach a device come here first
 
     # == technique hooks =================================================================
     def boot(self) -> None:
@@ -238,7 +244,11 @@ class Monitor:
         """Service timers, inject what can be taken, then run the guest until an exit."""
         pc, cpu = self.pc, self.cpu
         self.service_timers()
-        if self.interrupt_window_open():
+        if self.nmi_window_open():
+            self.inject_nmi()
+            if pc.outcome.halted_reason is not None:
+                return None
+        elif self.interrupt_window_open():
             self.inject_external()
             if pc.outcome.halted_reason is not None:
                 return None
@@ -253,13 +263,14 @@ class Monitor:
         deadline = pc.clock.next_deadline()
         if deadline is not None:
             budget = min(budget, max(1, -(-(deadline - pc.clock.now) // NS_PER_INSTRUCTION)))
-        if self.interrupt_shadow() and self._pic_pending():
+        if self.interrupt_shadow() and self._interrupt_pending():
             budget, reason = 1, ExitReason.MONITOR_TRAP_FLAG
-        elif self._pic_pending() and not self.sees_interrupt_flag and not self.watch_interrupt_window():
+        elif self._interrupt_pending() and not self.sees_interrupt_flag and not self.watch_interrupt_window():
             budget = min(budget, self._poll_slice)
             self._poll_slice = min(2 * self._poll_slice, POLL_MAX)
         else:
             self._poll_slice = POLL_FIRST
+        cpu.watch_nmi_window(pc.irqs.nmi_pending() and cpu.nmi_blocked)
         return self._execute(budget, reason)
 
     def watch_interrupt_window(self) -> bool:
@@ -351,15 +362,19 @@ class Monitor:
 
     def service_timers(self) -> None:
         """Bring every device whose deadline has come up to the present."""
-        deadline = self.pc.clock.next_deadline()
-        if deadline is not None and deadline <= self.pc.clock.now:
-            self.pc.devices.pit.update()
+        for device in self.pc.clock.due():
+            device.update()
+
+    def nmi_window_open(self) -> bool:
+        """An NMI waits and nothing blocks it: not IF, only an earlier NMI's handler (until its
+        iret) and the one-instruction shadow of mov ss / sti."""
+        return self.pc.irqs.nmi_pending() and not self.cpu.nmi_blocked and not self.interrupt_shadow()
 
     def interrupt_window_open(self) -> bool:
-        return self._pic_pending() and self.interrupts_enabled() and not self.interrupt_shadow()
+        return self._interrupt_pending() and self.interrupts_enabled() and not self.interrupt_shadow()
 
-    def _pic_pending(self) -> bool:
-        return self.pc.devices.pic.has_interrupt()
+    def _interrupt_pending(self) -> bool:
+        return self.pc.irqs.has_interrupt()
 
     def idle(self) -> None:
         """The guest is halted: jump virtual time to the next event, or end the run."""
@@ -368,9 +383,17 @@ class Monitor:
             self.crash("halted: hlt with interrupts disabled, nothing can wake the guest", prefix="")
             return None
         deadline = pc.clock.next_deadline()
-        if deadline is None or not pc.devices.pic.could_interrupt(PIT_IRQ):
-            why = "no timer armed" if deadline is None else "its timer interrupt masked or blocked at the PIC"
+        if deadline is None or not pc.irqs.timers_could_wake():
+            why = ("no timer armed" if deadline is None
+                   else "every armed timer's interrupt masked or blocked (PIC, I/O APIC, local APIC)")
             self.crash(f"halted: hlt with {why}, nothing can wake the guest", prefix="")
+            return None
+        self._idle_streak += 1
+        if self._idle_streak > IDLE_LIMIT:
+            # Timers fire but their interrupts die on the way (a vector the APIC refuses, a
+            # TPR above it, a route to no one): the bare machine would sleep for ever.
+            self.crash(f"halted: {IDLE_LIMIT} timer deadlines passed while the guest slept and no "
+                       f"interrupt reached the CPU, nothing can wake the guest", prefix="")
             return None
         self.stats.add(ExitReason.IDLE)
         pc.clock.advance_to(max(deadline, pc.clock.now))
@@ -451,16 +474,33 @@ class Monitor:
 
     # == events ==============================================================================
     def inject_external(self) -> None:
-        vector = self.pc.devices.pic.acknowledge()
+        vector = self.pc.irqs.acknowledge()
+        if vector is None:               # withdrawn before the acknowledge cycle
+            return
+        self._idle_streak = 0
         self.state = VcpuState.RUNNING
         eip = self.cpu.read(EIP)
         if self.trace.enabled:
             self.record(ExitReason.EXTERNAL_INTERRUPT, eip, "inject",
-                        f"PIC raised vector {vector:#x}; the guest's IF is set, so it is delivered "
+                        f"an interrupt controller raised vector {vector:#x}; the guest's IF is set, so it is delivered "
                         f"through the guest's IDT", qualification=f"vector={vector:#x}")
         else:
             self.stats.add(ExitReason.EXTERNAL_INTERRUPT)
         self.inject(Event(vector, EventKind.EXTERNAL, None, eip))
+
+    def inject_nmi(self) -> None:
+        self.pc.irqs.take_nmi()
+        self._idle_streak = 0
+        self.state = VcpuState.RUNNING
+        eip = self.cpu.read(EIP)
+        if self.trace.enabled:
+            self.record(ExitReason.EXCEPTION_NMI, eip, "inject-nmi",
+                        "the local APIC raised an NMI; it ignores IF and is delivered through vector 2, "
+                        "blocking further NMIs until the handler's iret", qualification="vector=0x2")
+        else:
+            self.stats.add(ExitReason.EXCEPTION_NMI)
+        self.cpu.nmi_blocked = True
+        self.inject(Event(NMI, EventKind.EXTERNAL, None, eip))
 
     def inject_fault(self, fault: GuestFault, eip: int) -> None:
         """A fault found by the monitor itself (emulating, reading a guest table)."""
@@ -660,11 +700,122 @@ class Monitor:
         if self.trace.enabled:
             self._trace_io(port, size, value)
         self.pc.bus.write(port, size, value)
-        if self._pic_pending():
+        self._after_device_access()
+
+    # -- memory-mapped I/O (machine/mmio.py: the bus hands every device access here first) --
+    def mmio_read(self, address: int, size: int) -> int:
+        if self.pc.stop_requested:
+            return (1 << (8 * size)) - 1        # the run is ending: as _hook_in
+        self.stats.add(ExitReason.MMIO)
+        cpu = self.cpu
+        cpu.eip_hint, width = self._mmio_instruction(address, size, write=False)
+        cpu.in_memory_access = True
+        try:
+            if self.trace.enabled:
+                self._trace_mmio(address, size, None)
+            value = self.pc.mmio.mmio_read(address, size, width)
+            self._after_device_access()
+        finally:
+            cpu.eip_hint, cpu.in_memory_access = None, False
+        return value
+
+    def mmio_write(self, address: int, size: int, value: int) -> None:
+        if self.pc.stop_requested:
+            return
+        self.stats.add(ExitReason.MMIO)
+        cpu = self.cpu
+        cpu.eip_hint, width = self._mmio_instruction(address, size, write=True)
+        cpu.in_memory_access = True
+        try:
+            if self.trace.enabled:
+                self._trace_mmio(address, size, value)
+            self.pc.mmio.mmio_write(address, size, value, width)
+            self._after_device_access()
+        finally:
+            cpu.eip_hint, cpu.in_memory_access = None, False
+
+    def _mmio_instruction(self, address: int, size: int, write: bool) -> tuple[int | None, int]:
+        """(EIP of the instruction making an MMIO access, the width of its memory operand).
+
+        The EIP is None where Unicorn's is exact already (``count=``); under block counting
+        Unicorn leaves it at the block's start (machine/mmio.py), so the instruction is found:
+        the candidates are the block's instructions from the one that made the previous MMIO
+        access in this run of the block (an instruction may make several: a read-modify-write,
+        a ``rep movsd``, a qword the CPU splits in two) onwards, and the first whose memory
+        operand, read or written as the access is, at the registers as they are now, covers the
+        access (its physical address with paging off, its offset in the page with paging on) is
+        the one. The CPU brings the registers up to date before every access that may fault,
+        so an instruction's own address is right; a string instruction's is ESI/EDI. Where
+        none matches: the block's start, and the access's own size.
+
+        The width matters because Unicorn splits an 8-byte access (``fild qword``) into two
+        4-byte ones before the device sees them, where QEMU hands the device one 8-byte access
+        that the local APIC refuses."""
+        block = self.cpu.running_block()
+        mask = 0xFFF if self.cpu.read(CR0) & CR0_PG else 0xFFFFFFFF
+        if block is None:
+            insn = self.fetch(self.cpu.read(EIP))
+            width = self._operand_width(insn, address & mask, size, write, mask) if insn else 0
+            return None, width or size
+        start, length = block
+        key = (start, self.cpu._record.counter)
+        at = self._mmio_cursor[1] if self._mmio_cursor[0] == key else start
+        while start <= at < start + length:
+            insn = self.fetch(at)
+            if insn is None:
+                break
+            width = self._operand_width(insn, address & mask, size, write, mask)
+            if width:
+                self._mmio_cursor = (key, at)
+                return at, width
+            at += insn.size
+        return start, size
+
+    def _operand_width(self, insn: Instruction, address: int, size: int, write: bool, mask: int) -> int:
+        """The width of ``insn``'s memory operand that ``size`` bytes at ``address`` (under
+        ``mask``) fall in, read or written as ``write`` says, with the registers as they are;
+        0 if none does."""
+        if insn.mnemonic.rstrip("bwdq") in ("movs", "stos", "lods", "cmps", "scas", "ins", "outs"):
+            for target in (self.cpu.read_named("esi"), self.cpu.read_named("edi")):
+                if (target & mask) <= address < (target & mask) + max(size, 4):
+                    return size
+            return 0
+        wanted = 2 if write else 1
+        for op in insn.operands:
+            if isinstance(op, Mem) and (not op.access or op.access & wanted):
+                ea = self.effective_address(op) & mask
+                width = max(op.size, 1)
+                if ea <= address < ea + width or address <= ea < address + size:
+                    return max(width, size)
+        return 0
+
+    def _after_device_access(self) -> None:
+        """A device may have raised an interrupt (an APIC self-IPI, an EOI that unmasks the next
+        one): it is taken at the next block boundary, where QEMU's TCG takes it, or when the
+        guest sets IF."""
+        if self.pc.irqs.nmi_pending():
+            if self.cpu.nmi_blocked:
+                self.cpu.watch_nmi_window()       # taken after the running NMI handler's iret
+            else:
+                self.stop_slice(None)
+        elif self._interrupt_pending():
             if self.interrupts_enabled():
-                self.stop_slice(None)             # taken at the next instruction boundary
+                self.stop_slice(None)
             elif not self.sees_interrupt_flag:
-                self.watch_interrupt_window()     # taken when the guest sets IF
+                self.watch_interrupt_window()
+
+    def _trace_mmio(self, address: int, size: int, value: int | None) -> None:
+        self.exit_began()
+        eip = self.cpu.read(EIP) if self.cpu.eip_hint is None else self.cpu.eip_hint
+        insn = self.fetch(eip)
+        what = f"load of {size} bytes at {address:#010x}" if value is None else \
+            f"store of {value:#x} ({size} bytes) at {address:#010x}"
+        where = "" if self.cpu.eip_hint is None else \
+            " (Unicorn leaves EIP at the translated block's start here: the monitor found the instruction)"
+        self.trace.add(ExitRecord(0, self.instructions_now(), eip, ExitReason.MMIO, "mmio-bus",
+                                  f"{what}: the address belongs to a device, whose model answers{where}",
+                                  insn.raw if insn else b"", insn.text if insn else "",
+                                  f"address={address:#x} size={size}"))
 
     def _hook_system_call(self, uc, _) -> None:
         # Unicorn calls this with EIP on the instruction, then adds its length: stop, act later.

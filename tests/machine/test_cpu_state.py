@@ -166,3 +166,27 @@ def test_unicorns_exit_check_after_every_memory_access_is_found_and_turned_off_f
     assert (count.counting, no_exit_request(count)) == ("count", 0)
     block.count_every_instruction()
     assert no_exit_request(block) == 0
+
+
+def test_nmi_blocking_lives_in_hflags2_and_the_cpus_own_iret_clears_it():
+    """QEMU keeps "NMIs blocked until the next iret" in env->hflags2; a monitor that delivers an
+    NMI sets it, and a guest iret run by the CPU itself must clear it."""
+    from tests.machine.native.test_blockhook import BASE, UNTIL_NEVER, ring0_cpu
+    cpu = ring0_cpu(b"\xcf" + b"\x90" * 15 + b"\xf4")          # iretd to BASE + 0x10: hlt
+    cpu.uc.mem_write(0x8FF4, struct.pack("<III", BASE + 0x10, 0x08, 0x2))
+    cpu.write(ESP, 0x8FF4)
+    assert not cpu.nmi_blocked
+    cpu.nmi_blocked = True
+    assert cpu.nmi_blocked
+    cpu.run(BASE, UNTIL_NEVER, 100)
+    assert cpu.read(EIP) == BASE + 0x11 and not cpu.nmi_blocked
+
+
+def test_the_budget_of_a_counted_run_lies_right_after_its_counter():
+    """Cpu.stop lowers emu_count from a memory access's callback (count= mode): it must be the
+    word after emu_counter, holding the count the run was given."""
+    cpu = Cpu(tcg_buffer_mib=4, counting="count")
+    cpu.uc.mem_map(0, 0x10000)
+    cpu.uc.mem_write(0x1000, b"\x40\xeb\xfd")          # l: inc eax; jmp l
+    cpu.uc.emu_start(0x1000, 0, count=777)
+    assert cpu._emu_count.value == 777

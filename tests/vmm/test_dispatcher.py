@@ -2,7 +2,7 @@
 
 Most tests boot a small guest (runtime.S plus a ``main``) under each technique on an in-process
 PC, sometimes with one handler of the monitor's table replaced, and sometimes with a test device
-on port 0xe9 whose write does what a hook does: stop the slice, with or without an exit.
+on port 0xed whose write does what a hook does: stop the slice, with or without an exit.
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from hypervisor.machine.memory import MachineMemory
 from hypervisor.machine.pc import PC
 from hypervisor.techniques import TECHNIQUES
 from hypervisor.vmm.exits import Exit, ExitReason
-from hypervisor.vmm.monitor import Monitor, VcpuState
+from hypervisor.vmm.monitor import IDLE_LIMIT, Monitor, VcpuState
 
 RUNTIME = Path(__file__).resolve().parents[2] / "guests" / "runtime.S"
 RAM = 4 << 20
 BOTH = pytest.mark.parametrize("technique", ["native", "trap"])
-TEST_PORT = 0xE9
+TEST_PORT = 0xED
 
 # The PIC as every test guest programs it: vectors 0x20/0x28, then a mask.
 PIC_INIT = """
@@ -56,7 +56,7 @@ def gate(vector: int, handler: str, kind: str = "0x8e") -> str:
 
 
 class PortDevice:
-    """Port 0xe9: a write runs ``on_write`` (a hook's action) inside the port hook."""
+    """Port 0xed: a write runs ``on_write`` (a hook's action) inside the port hook."""
 
     def __init__(self, on_write):
         self.on_write = on_write
@@ -154,7 +154,7 @@ def test_a_software_interrupt_reaches_the_exception_handler_with_its_vector_eip_
 def test_an_exit_raised_by_a_hook_is_dispatched_by_the_loop_to_its_handler(tmp_path, technique):
     m = boot(tmp_path, technique, """
     main:
-        out 0xe9, al
+        out 0xed, al
         mov al, 4
         ret
     """)
@@ -164,7 +164,7 @@ def test_an_exit_raised_by_a_hook_is_dispatched_by_the_loop_to_its_handler(tmp_p
     result = m.run()
     assert result.exit_code == 4
     assert [e.reason for e in got] == [ExitReason.CPUID]
-    assert m.fetch(got[0].eip).text == "out 0xe9, al"
+    assert m.fetch(got[0].eip).text == "out 0xed, al"
 
 
 # == faults and crashes in handlers ===================================================================
@@ -173,7 +173,7 @@ main:
 """ + gate(6, "on_ud") + """
     call idt_load
 site:
-    out 0xe9, al
+    out 0xed, al
     mov al, 1
     ret
 on_ud:
@@ -234,7 +234,7 @@ def test_an_unexpected_error_in_a_handler_dispatched_inside_a_hook_ends_the_run_
 
 @BOTH
 def test_an_error_in_a_device_model_ends_the_run_as_a_report(tmp_path, technique):
-    m = boot(tmp_path, technique, "main:\n out 0xe9, al\n mov al, 1\n ret\n")
+    m = boot(tmp_path, technique, "main:\n out 0xed, al\n mov al, 1\n ret\n")
 
     def broken():
         raise ZeroDivisionError("a bug in a device")
@@ -249,15 +249,15 @@ def test_a_slice_stopped_without_an_exit_is_a_preemption_not_a_hlt(tmp_path, tec
     m = boot(tmp_path, technique, """
     main:
         xor ebx, ebx
-        out 0xe9, al
+        out 0xed, al
         jmp one                 # a stop from a hook lands at the next block boundary: end one here
     one:
         inc ebx
-        out 0xe9, al
+        out 0xed, al
         jmp two
     two:
         inc ebx
-        out 0xe9, al
+        out 0xed, al
         jmp three
     three:
         inc ebx
@@ -313,7 +313,7 @@ def test_the_instruction_budget_is_exact_while_timer_interrupts_cut_the_slices(t
 
 @BOTH
 def test_the_instruction_budget_is_exact_when_a_hook_stops_every_slice(tmp_path, technique):
-    m = boot(tmp_path, technique, "_start:\n xor ebx, ebx\n l: inc ebx\n out 0xe9, al\n jmp l\n",
+    m = boot(tmp_path, technique, "_start:\n xor ebx, ebx\n l: inc ebx\n out 0xed, al\n jmp l\n",
              max_instructions=3001, bare=True)
     on_test_port(m, lambda: m.stop_slice(None))
     result = m.run()
@@ -381,10 +381,39 @@ def test_hlt_with_interrupts_disabled_ends_the_run_at_once(tmp_path, technique):
 def test_hlt_with_the_timer_masked_at_the_pic_ends_the_run_at_once(tmp_path, technique):
     m = boot(tmp_path, technique, "main:\n mov al, 0xff\n out 0x21, al\n sti\n hlt\n mov al, 1\n ret\n")
     result = m.run()
-    assert result.halted_reason == ("halted: hlt with its timer interrupt masked or blocked at the PIC, "
-                                    "nothing can wake the guest")
+    assert result.halted_reason == ("halted: hlt with every armed timer's interrupt masked or blocked "
+                                    "(PIC, I/O APIC, local APIC), nothing can wake the guest")
     assert result.virtual_ns < 1_000_000
     assert "idle" not in result.exits
+
+
+@BOTH
+def test_hlt_whose_timer_interrupts_all_die_on_the_way_ends_the_run(tmp_path, technique):
+    """The PIT's IRQ 0 reaches the I/O APIC, whose message the local APIC holds back for ever
+    (TPR 0xf0 above the vector): timers fire, no interrupt arrives, QEMU sleeps for ever. The
+    run ends after IDLE_LIMIT deadlines, not never."""
+    m = boot(tmp_path, technique, """
+    main:
+    """ + PIC_INIT.format(mask="0xff") + """
+        mov dword ptr [0xfee000f0], 0x1ff
+        mov dword ptr [0xfee00080], 0xf0
+        mov dword ptr [0xfec00000], 0x14
+        mov dword ptr [0xfec00010], 0x31
+        mov al, 0x34
+        out 0x43, al
+        mov al, 0x9c
+        out 0x40, al
+        mov al, 0x2e
+        out 0x40, al
+        sti
+        hlt
+        mov al, 1
+        ret
+    """)
+    result = m.run()
+    assert result.halted_reason == (f"halted: {IDLE_LIMIT} timer deadlines passed while the guest slept and no "
+                                    f"interrupt reached the CPU, nothing can wake the guest")
+    assert result.exits.get("idle") == IDLE_LIMIT and "external_interrupt" not in result.exits
 
 
 @BOTH
@@ -404,8 +433,8 @@ def test_hlt_inside_the_timer_handler_before_its_eoi_ends_the_run_at_once(tmp_pa
         jmp exit
     """)
     result = m.run()
-    assert result.halted_reason == ("halted: hlt with its timer interrupt masked or blocked at the PIC, "
-                                    "nothing can wake the guest")
+    assert result.halted_reason == ("halted: hlt with every armed timer's interrupt masked or blocked "
+                                    "(PIC, I/O APIC, local APIC), nothing can wake the guest")
     assert result.exits.get("external_interrupt") == 1
     assert result.virtual_ns < 2 * ns_for_ticks(0x10000)    # one idle skip, not an endless series
 

@@ -42,9 +42,12 @@ class PortBus:
         # 0 for an unassigned port.
         self._span: list[int] = [0] * PORT_SPACE
 
-    def register(self, device: PortDevice, ports: Iterable[int], width: int = 1) -> None:
+    def register(self, device: PortDevice, ports: Iterable[int], width: int = 1, whole: bool = False) -> None:
         """Let ``device`` decode ``ports``; ``width`` is the widest access it implements
-        (1 for the ISA byte-wide chips, 4 for isa-debug-exit)."""
+        (1 for the ISA byte-wide chips, 4 for isa-debug-exit). ``whole``: every access that
+        starts at one of its ports goes to it as the CPU made it, even one running past its
+        last port; the device applies QEMU's size and alignment rules itself (fw_cfg and
+        pc-testdev refuse what their ``.valid`` does not accept, rather than being split)."""
         if width not in (1, 2, 4):
             raise ValueError(f"access width must be 1, 2 or 4, not {width}")
         ports = sorted(set(ports))
@@ -57,7 +60,7 @@ class PortBus:
         for port in ports:
             self._device[port] = device
             run = 1
-            while run < width and (port + run) in owned:
+            while run < width and (whole or (port + run) in owned):
                 run += 1
             self._span[port] = run
 

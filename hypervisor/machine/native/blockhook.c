@@ -61,7 +61,7 @@ struct entry {
 #define HAS_IO   2
 
 enum { STOP_NONE = 0, STOP_DEADLINE = 1, STOP_WINDOW = 2, STOP_UNKNOWN = 3, STOP_CROSSING = 4,
-       STOP_IO = 5 };
+       STOP_IO = 5, STOP_NMI = 6 };
 
 /* Shared with Python (ctypes.Structure _Record in blockhook.py): keep both in step. */
 struct record {
@@ -109,10 +109,13 @@ struct record {
                                      * technique whose IOPL is virtual says where it refuses) */
     int32_t fast;               /* 1: the common case may skip the checks (hv_block): counting, and
                                  * every pointer above that the fast path reads is set */
+    volatile int32_t nmi_armed; /* stop at the first block where NMIs are no longer blocked */
+    const volatile uint32_t *hflags2_at;  /* QEMU's env->hflags2 (HF2_NMI_MASK), for nmi_armed */
     struct entry cache[CACHE_SIZE];
 };
 
 #define EFLAGS_IF (1u << 9)
+#define HF2_NMI_MASK (1u << 2)   /* an NMI's handler runs: NMIs blocked until its iret */
 #define EFLAGS_IOPL_SHIFT 12
 
 static inline uint32_t slot(uint64_t address, uint32_t size)
@@ -177,7 +180,7 @@ void hv_block(void *uc, uint64_t address, uint32_t size, void *user_data)
     const struct entry *e = &r->cache[slot(address, size)];
     uint64_t next = r->counter + e->icount;
 
-    if (__builtin_expect(r->fast && !r->after_fault
+    if (__builtin_expect(r->fast && !(r->after_fault | r->nmi_armed)
             && !(r->armed && (*r->eflags_at & EFLAGS_IF))
             && e->address == address && e->size == size
             && (r->exact ? next : r->counter + 1) <= r->deadline
@@ -221,6 +224,13 @@ static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct reco
             stop(uc, r, STOP_WINDOW);
             return;
         }
+    }
+    /* An NMI waits while an earlier one's handler runs: the handler's iret (run by the CPU,
+     * which clears HF2_NMI_MASK and ends its block) opens the way at the next block start. */
+    if (r->nmi_armed && r->hflags2_at != 0 && !(*r->hflags2_at & HF2_NMI_MASK)) {
+        r->nmi_armed = 0;
+        stop(uc, r, STOP_NMI);
+        return;
     }
     if (!r->counting)
         return;

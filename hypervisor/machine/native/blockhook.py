@@ -54,7 +54,7 @@ EFLAGS_IF = 1 << 9
 EXTENSION = "hypervisor.machine.native._blockhook"     # setup.py builds blockhook.c under this name
 CALLBACK = "hv_block"
 CACHE_SIZE = 4096                                      # blockhook.c's CACHE_SIZE
-STOP_NONE, STOP_DEADLINE, STOP_WINDOW, STOP_UNKNOWN, STOP_CROSSING, STOP_IO = 0, 1, 2, 3, 4, 5
+STOP_NONE, STOP_DEADLINE, STOP_WINDOW, STOP_UNKNOWN, STOP_CROSSING, STOP_IO, STOP_NMI = 0, 1, 2, 3, 4, 5, 6
 IO_KNOWN, HAS_IO = 1, 2                                # a cache entry's flags (blockhook.c)
 # uc_ctl's code for "request the translated block at an address" (unicorn.h: UC_CTL_READ_WRITE(.., 2)).
 CTL_REQUEST_CACHE = U.UC_CTL_TB_REQUEST_CACHE | (2 << 26) | (U.UC_CTL_IO_READ_WRITE << 30)
@@ -102,6 +102,8 @@ class _Record(ctypes.Structure):
         ("after_fault", ctypes.c_int32),
         ("io_guard_cpl", ctypes.c_int32),
         ("fast", ctypes.c_int32),
+        ("nmi_armed", ctypes.c_int32),
+        ("hflags2_at", ctypes.c_void_p),
         ("cache", _Entry * CACHE_SIZE),
     ]
 
@@ -159,6 +161,7 @@ class BlockHook:
         r.ctl = ctypes.cast(libunicorn.uc_ctl, ctypes.c_void_p).value
         r.eflags_at = getattr(cpu, "eflags_address", None)
         r.hflags_at = getattr(cpu, "hflags_address", None)
+        r.hflags2_at = r.hflags_at + 4 if r.hflags_at else None     # Cpu.nmi_blocked's word
         counters = translation_counters()
         if counters is not None:
             r.invalidations_at, r.flushes_at = counters.at(cpu.uc)

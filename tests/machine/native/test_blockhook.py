@@ -350,3 +350,25 @@ def test_an_io_hook_sees_its_own_eip_after_a_fault_hook_moved_eip(known):
         seen.clear()
     cpu.run(BASE, UNTIL_NEVER, BUDGET)
     assert seen == [BASE + 0x12]
+
+
+@needs_c
+@pytest.mark.parametrize("armed", [True, False], ids=["armed", "not-armed"])
+def test_the_nmi_watch_stops_right_after_the_iret_that_unblocks_nmis(armed):
+    """An NMI that arrives while an earlier NMI's handler runs waits for that handler's iret,
+    then is taken at once: the watch stops at the first block after the guest's own iret."""
+    import struct as _struct
+    from hypervisor.machine.native.blockhook import STOP_NMI
+    code = INC_EAX * 2 + IRETD + NOP * 13 + INC_EAX + INC_EAX + HLT     # iretd to BASE + 0x10
+    cpu = block_cpu(code)
+    cpu.uc.mem_write(0x8FF4, _struct.pack("<III", BASE + 0x10, 0x08, 0x2))
+    cpu.write(ESP, 0x8FF4)
+    cpu.write(EAX, 0)
+    cpu.nmi_blocked = True
+    assert cpu.watch_nmi_window(armed)
+    cpu.run(BASE, UNTIL_NEVER, BUDGET)
+    if armed:
+        assert (cpu.read(EIP), cpu.read(EAX), cpu._record.stopped) == (BASE + 0x10, 2, STOP_NMI)
+        assert cpu.executed(BUDGET) == 3 and not cpu._record.nmi_armed      # one shot
+    else:
+        assert (cpu.read(EIP), cpu.read(EAX)) == (BASE + 0x13, 4)
