@@ -11,6 +11,11 @@ trap-and-emulate monitor gives it the guest's own (virtual) tables and virtual C
 and maps the answer onto the deprivileged real CPU itself. A fault while delivering
 is raised as ``DeliveryFault``; ``deliver_with_escalation`` turns it into #DF, and a
 fault while delivering #DF into a triple fault — the guest's crash, not ours.
+
+A task gate in the IDT makes delivery a hardware task switch (taskswitch.py): the whole CPU
+state is replaced, so it needs a view that owns the real CPU (``TaskSwitchView``); through any
+other view the run ends with a refusal (``UnmodelledTaskSwitch``). A fault after the switch is
+made belongs to the new task, and is delivered from there (``DeliveryFault.resume``).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from typing import Protocol
 from .faults import GuestFault
 from .descriptors import (CALL_GATE32, TSS_ESP0, TSS_SS0, TASK_GATE, Descriptor, Gate, decode_descriptor,
                           decode_gate)
+from .taskswitch import NewTaskFault, TaskSwitchView, UnmodelledTaskSwitch, enter_task
 
 DE, DB, NMI, BP, OF, BR, UD, NM, DF = 0, 1, 2, 3, 4, 5, 6, 7, 8
 TS, NP, SS_FAULT, GP, PF, MF, AC = 10, 11, 12, 13, 14, 16, 17
@@ -49,9 +55,13 @@ class EventKind(enum.Enum):
 
 
 class DeliveryFault(Exception):
-    def __init__(self, vector: int, error_code: int, why: str, cr2: int | None = None):
+    """A fault met while delivering. ``resume`` is set where a task switch was made before it: the
+    fault is then the new task's, delivered with that frame (its EIP, its stack)."""
+
+    def __init__(self, vector: int, error_code: int, why: str, cr2: int | None = None,
+                 resume: CpuFrame | None = None):
         super().__init__(why)
-        self.vector, self.error_code, self.why, self.cr2 = vector, error_code, why, cr2
+        self.vector, self.error_code, self.why, self.cr2, self.resume = vector, error_code, why, cr2, resume
 
 
 class TripleFault(Exception):
@@ -99,17 +109,14 @@ def table_descriptor(read_linear, base: int, limit: int, selector: int) -> Descr
 
 
 def _gate(view: DeliveryView, vector: int, ext: int) -> Gate:
+    """The IDT entry for ``vector``: a task gate or a 32-bit interrupt or trap gate."""
     error = vector * 8 + 2 + ext
     if vector * 8 + 7 > view.idt_limit:
         raise DeliveryFault(GP, error, f"vector {vector} is beyond the IDT limit {view.idt_limit:#x}")
     raw = struct.unpack("<Q", view.read_linear(view.idt_base + vector * 8, 8))[0]
     gate = decode_gate(raw)
-    if gate.type == TASK_GATE:
-        raise DeliveryFault(GP, error, f"vector {vector} is a task gate (task switching is not modelled)")
-    if gate.type not in (0xE, 0xF):
-        raise DeliveryFault(GP, error, f"vector {vector} has IDT type {gate.type:#x}, not a 32-bit gate")
-    if not gate.present:
-        raise DeliveryFault(NP, error, f"vector {vector}'s gate is not present")
+    if gate.type not in (TASK_GATE, 0xE, 0xF):
+        raise DeliveryFault(GP, error, f"vector {vector} has IDT type {gate.type:#x}, not a task or 32-bit gate")
     return gate
 
 
@@ -125,6 +132,10 @@ def deliver(view: DeliveryView, vector: int, kind: EventKind, error_code: int | 
     except GuestFault as f:
         raise DeliveryFault(f.vector, f.error_code or 0, f.why or f"fault {f.vector} during delivery",
                             cr2=f.cr2) from None
+    except NewTaskFault as f:
+        task, fault = f.task, f.fault
+        raise DeliveryFault(fault.vector, fault.error_code or 0, f"in the new task: {fault.why or fault}",
+                            cr2=fault.cr2, resume=CpuFrame(task.eip, task.cs, task.eflags, task.esp, task.ss)) from None
 
 
 def _deliver(view: DeliveryView, vector: int, kind: EventKind, error_code: int | None,
@@ -133,6 +144,10 @@ def _deliver(view: DeliveryView, vector: int, kind: EventKind, error_code: int |
     gate = _gate(view, vector, ext)
     if kind is EventKind.SOFTWARE and gate.dpl < view.cpl:
         raise DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} at CPL {view.cpl} through a DPL-{gate.dpl} gate")
+    if gate.type == TASK_GATE:
+        return _through_task_gate(view, vector, gate, kind, error_code, at)
+    if not gate.present:
+        raise DeliveryFault(NP, vector * 8 + 2 + ext, f"vector {vector}'s gate is not present")
     target_sel = gate.selector
     if target_sel & 0xFFFC == 0:
         raise DeliveryFault(GP, ext, f"vector {vector}'s gate has a null code selector")
@@ -175,6 +190,24 @@ def _deliver(view: DeliveryView, vector: int, kind: EventKind, error_code: int |
     new_ss = ((ss & 0xFFFC) | handler_cpl) if switched else ss
     return Delivered(CpuFrame(gate.offset, new_cs, eflags, new_esp, new_ss), gate, handler_cpl,
                      switched, pushed_error)
+
+
+def _through_task_gate(view: DeliveryView, vector: int, gate: Gate, kind: EventKind, error_code: int | None,
+                       at: CpuFrame) -> Delivered:
+    """An event through a task gate: a task switch, nested (the new task's iret comes back).
+
+    The gate's DPL has been checked for ``int n`` as any gate's is; then only its present bit
+    (#NP, with the IDT error code) before the switch, which saves ``at.eip`` as the old task's
+    EIP and pushes the error code, if the event has one, on the new task's stack.
+    """
+    if not gate.present:
+        raise DeliveryFault(NP, vector * 8 + 2, f"vector {vector}'s task gate is not present")
+    if not isinstance(view, TaskSwitchView):
+        raise UnmodelledTaskSwitch(f"vector {vector} is a task gate: a hardware task switch, which this technique "
+                                   f"does not model")
+    pushed = (error_code or 0) if kind is EventKind.EXCEPTION and vector in VECTORS_WITH_ERROR_CODE else None
+    task = enter_task(view, gate.selector, at.eip, pushed)
+    return Delivered(CpuFrame(task.eip, task.cs, task.eflags, task.esp, task.ss), gate, task.cpl, True, pushed)
 
 
 _ESP_SS = struct.Struct("<IH")
@@ -271,7 +304,9 @@ def deliver_with_escalation(view: DeliveryView, vector: int, kind: EventKind,
                       or (first == PF and fault.vector in CONTRIBUTORY | {PF}))
             vector, error_code = (DF, 0) if double else (fault.vector, fault.error_code)
             kind = EventKind.EXCEPTION
-            if fault_eip is not None:
+            if fault.resume is not None:
+                at, fault_eip = fault.resume, None     # a task switch was made: the new task's fault
+            elif fault_eip is not None:
                 at = CpuFrame(fault_eip, at.cs, at.eflags, at.esp, at.ss)
     try:
         return deliver(view, DF, EventKind.EXCEPTION, 0, at), notes

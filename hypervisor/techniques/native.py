@@ -41,7 +41,9 @@ class RealView:
     """The real CPU's tables and CPL, for delivery on the bare machine.
 
     Made once per event: the tables are read through the fast register path, and with
-    paging off a linear address is guest-physical, so memory is read directly.
+    paging off a linear address is guest-physical, so memory is read directly. It hands
+    out the CPU itself too: an event through a task gate replaces the CPU's whole state
+    (machine/taskswitch.py, ``TaskSwitchView``).
     """
 
     def __init__(self, native: "Native"):
@@ -49,7 +51,8 @@ class RealView:
         self.cpl = cpu.cpl
         self.idt_base, self.idt_limit = cpu.table_register(IDTR)
         self.gdt_base, self.gdt_limit = cpu.table_register(GDTR)
-        self._cpu = cpu
+        self.cpu = cpu
+        self._native = native
         if native.paging().cr0 & CR0_PG:
             self._read, self._write = native.space.read, native.space.write
         else:
@@ -64,13 +67,17 @@ class RealView:
 
     def descriptor(self, selector: int) -> Descriptor:
         if selector & 4:
-            _, base, limit, _ = self._cpu.segment_register(LDTR)
+            _, base, limit, _ = self.cpu.segment_register(LDTR)
         else:
             base, limit = self.gdt_base, self.gdt_limit
         return table_descriptor(self.read_linear, base, limit, selector)
 
     def tss_base(self) -> int:
-        return self._cpu.segment_register(TR)[1]
+        return self.cpu.segment_register(TR)[1]
+
+    def address_space_changed(self) -> None:
+        """A task switch loaded CR3: read through the new task's page tables from now on."""
+        self._native.exit_began()            # forgets the paging registers read for this exit
 
 
 class Native(Monitor):
