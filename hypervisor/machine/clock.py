@@ -77,8 +77,10 @@ class VirtualClock:
 
     def due(self) -> list[Hashable]:
         """The owners whose deadline has come, earliest first."""
-        now = self.now
-        return [owner for owner, t in sorted(self._timers.items(), key=lambda item: item[1]) if t <= now]
+        timers, now = self._timers, self.now
+        if not timers or min(timers.values()) > now:
+            return []
+        return [owner for owner, t in sorted(timers.items(), key=lambda item: item[1]) if t <= now]
 
     def next_deadline(self) -> int | None:
         """The earliest armed event, or None when no timer is armed."""

@@ -33,20 +33,22 @@ class InterruptRouter:
         self.pic, self.lapic, self.ioapic, self.pit = pic, lapic, ioapic, pit
         self._lint0 = False          # the PIC's INTR as LINT0 last saw it
 
-    def _sync_lint0(self) -> None:
+    def _sync_lint0(self) -> bool:
         """Bring LINT0 to the PIC's INTR level (QEMU's pic_irq_request does it on every change;
-        a change only matters when the CPU looks, which is when this runs)."""
+        a change only matters when the CPU looks, which is when this runs); the level."""
         level = self.pic.has_interrupt()
         if level != self._lint0:
             self._lint0 = level
             self.lapic.set_lint(0, level)
+        return level
 
     def has_interrupt(self) -> bool:
         """A maskable interrupt is waiting for IF (QEMU's CPU_INTERRUPT_HARD)."""
         lapic = self.lapic
         if lapic is None:
             return self.pic.has_interrupt()
-        self._sync_lint0()
+        if not self._sync_lint0() and not lapic.irr:
+            return False                 # the common case, asked at every exit: nothing anywhere
         return lapic.has_interrupt() or lapic.pic_intr()
 
     def acknowledge(self) -> int | None:

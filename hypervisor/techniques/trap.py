@@ -672,7 +672,7 @@ class TrapAndEmulate(Monitor):
             self.stats.add(ExitReason.IRET)
         self.enter_guest(CpuFrame(eip, cs, eflags, new_esp & 0xFFFFFFFF, ss), target_cpl)
         cpu.nmi_blocked = False          # as the CPU's iret does: the next NMI may come
-        if (self._interrupt_pending() and v.iflag) or self.pc.irqs.nmi_pending():
+        if (v.iflag and self._interrupt_pending()) or self.pc.irqs.nmi_pending():
             self.stop_slice(Exit(ExitReason.INTERRUPT_WINDOW, eip))
 
     def _check_return_code(self, cs: int, target_cpl: int, what: str) -> None:
