@@ -706,33 +706,30 @@ class Monitor:
     def mmio_read(self, address: int, size: int) -> int:
         if self.pc.stop_requested:
             return (1 << (8 * size)) - 1        # the run is ending: as _hook_in
-        self.stats.add(ExitReason.MMIO)
-        cpu = self.cpu
-        cpu.eip_hint, width = self._mmio_instruction(address, size, write=False)
-        cpu.in_memory_access = True
-        try:
-            if self.trace.enabled:
-                self._trace_mmio(address, size, None)
-            value = self.pc.mmio.mmio_read(address, size, width)
-            self._after_device_access()
-        finally:
-            cpu.eip_hint, cpu.in_memory_access = None, False
-        return value
+        return self._mmio_access(address, size, None)
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
-        if self.pc.stop_requested:
-            return
+        if not self.pc.stop_requested:
+            self._mmio_access(address, size, value)
+
+    def _mmio_access(self, address: int, size: int, value: int | None) -> int | None:
+        """One MMIO exit: counted, traced, handed to the bus; ``value`` None for a load."""
         self.stats.add(ExitReason.MMIO)
         cpu = self.cpu
-        cpu.eip_hint, width = self._mmio_instruction(address, size, write=True)
+        cpu.eip_hint, width = self._mmio_instruction(address, size, write=value is not None)
         cpu.in_memory_access = True
         try:
             if self.trace.enabled:
                 self._trace_mmio(address, size, value)
-            self.pc.mmio.mmio_write(address, size, value, width)
+            if value is None:
+                result = self.pc.mmio.mmio_read(address, size, width)
+            else:
+                result = None
+                self.pc.mmio.mmio_write(address, size, value, width)
             self._after_device_access()
         finally:
             cpu.eip_hint, cpu.in_memory_access = None, False
+        return result
 
     def _mmio_instruction(self, address: int, size: int, write: bool) -> tuple[int | None, int]:
         """(EIP of the instruction making an MMIO access, the width of its memory operand).
