@@ -9,9 +9,11 @@ its timer, self-IPIs, and messages from the I/O APIC. NMIs come on their own pin
 ``InterruptRouter`` is that wiring, as QEMU's ``cpu_get_pic_interrupt`` and
 ``apic_accept_pic_intr`` do it:
 
-* an interrupt is pending when the APIC has a deliverable vector, or the PIC has one and
-  the APIC lets it through (APIC globally disabled, or LINT0 unmasked);
-* the interrupt-acknowledge cycle asks the APIC first and the PIC second;
+* an interrupt is pending when the APIC has a deliverable vector, or the PIC asserts INTR
+  and LINT0 passes it on (unmasked, in ExtINT mode);
+* the interrupt-acknowledge cycle lets the PIC go first while it asserts through LINT0
+  (ExtINT ignores the APIC's priorities, QEMU's ``apic_get_interrupt``), then the APIC's own
+  highest vector, then the PIC again if the APIC still accepts it;
 * an NMI is taken separately: it ignores IF.
 
 Monitors only ever ask the router, never a chip: the same code serves a PC without an

@@ -58,13 +58,10 @@ class DeviceMemory:
         pc.memory.write(paddr, data)
         if not data:
             return
-        pc.cpu.uc.ctl_remove_cache(paddr, paddr + len(data))
-        if pc.on_write_protected is not None:
-            machine, p2m = pc.memory.machine, pc.memory.p2m
-            for pfn in range(paddr >> 12, ((paddr + len(data) - 1) >> 12) + 1):
-                if machine.is_write_protected(p2m[pfn]):
-                    pc.on_write_protected(paddr, len(data))
-                    break
+        machine, p2m = pc.memory.machine, pc.memory.p2m
+        protected = any(machine.is_write_protected(p2m[pfn])
+                        for pfn in range(paddr >> 12, ((paddr + len(data) - 1) >> 12) + 1))
+        pc.store_landed(paddr, len(data), protected)
 
 
 @dataclass
@@ -183,14 +180,18 @@ class PC:
                 return True
             return False
         self.memory.write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
-        # The store went around QEMU's own self-modifying-code check: code translated from
-        # these bytes is stale now (a guest's code may share a page with its GDT). Blocks
-        # translated later see the new bytes; the rest of the block running now does not
-        # (see README's known limits).
-        uc.ctl_remove_cache(address, address + size)
-        if self.on_write_protected is not None:
-            self.on_write_protected(address, size)
+        self.store_landed(address, size, protected=True)
         return True
+
+    def store_landed(self, address: int, size: int, protected: bool) -> None:
+        """A store written into RAM around the CPU (the write-protect hook's, a device's DMA).
+        It went around QEMU's own self-modifying-code check: code translated from these bytes
+        is stale now (a guest's code may share a page with its GDT). Blocks translated later
+        see the new bytes; the rest of a block running now does not (see README's known
+        limits). A ``protected`` frame's monitor hears of it."""
+        self.cpu.uc.ctl_remove_cache(address, address + size)
+        if protected and self.on_write_protected is not None:
+            self.on_write_protected(address, size)
 
     # -- boot ---------------------------------------------------------------------------
     def bios_handoff(self) -> None:

@@ -477,30 +477,28 @@ class Monitor:
         vector = self.pc.irqs.acknowledge()
         if vector is None:               # withdrawn before the acknowledge cycle
             return
-        self._idle_streak = 0
-        self.state = VcpuState.RUNNING
-        eip = self.cpu.read(EIP)
-        if self.trace.enabled:
-            self.record(ExitReason.EXTERNAL_INTERRUPT, eip, "inject",
-                        f"an interrupt controller raised vector {vector:#x}; the guest's IF is set, so it is delivered "
-                        f"through the guest's IDT", qualification=f"vector={vector:#x}")
-        else:
-            self.stats.add(ExitReason.EXTERNAL_INTERRUPT)
-        self.inject(Event(vector, EventKind.EXTERNAL, None, eip))
+        self._take_interrupt(vector, ExitReason.EXTERNAL_INTERRUPT, "inject",
+                             lambda: f"an interrupt controller raised vector {vector:#x}; the guest's IF "
+                                     f"is set, so it is delivered through the guest's IDT")
 
     def inject_nmi(self) -> None:
         self.pc.irqs.take_nmi()
+        self.cpu.nmi_blocked = True
+        self._take_interrupt(NMI, ExitReason.EXCEPTION_NMI, "inject-nmi",
+                             lambda: "the local APIC raised an NMI; it ignores IF and is delivered through "
+                                     "vector 2, blocking further NMIs until the handler's iret")
+
+    def _take_interrupt(self, vector: int, reason: ExitReason, handler: str, why) -> None:
+        """An interrupt the CPU takes (it wakes a halted guest): counted, traced (``why()``
+        builds the sentence only for a trace), and delivered."""
         self._idle_streak = 0
         self.state = VcpuState.RUNNING
         eip = self.cpu.read(EIP)
         if self.trace.enabled:
-            self.record(ExitReason.EXCEPTION_NMI, eip, "inject-nmi",
-                        "the local APIC raised an NMI; it ignores IF and is delivered through vector 2, "
-                        "blocking further NMIs until the handler's iret", qualification="vector=0x2")
+            self.record(reason, eip, handler, why(), qualification=f"vector={vector:#x}")
         else:
-            self.stats.add(ExitReason.EXCEPTION_NMI)
-        self.cpu.nmi_blocked = True
-        self.inject(Event(NMI, EventKind.EXTERNAL, None, eip))
+            self.stats.add(reason)
+        self.inject(Event(vector, EventKind.EXTERNAL, None, eip))
 
     def inject_fault(self, fault: GuestFault, eip: int) -> None:
         """A fault found by the monitor itself (emulating, reading a guest table)."""
