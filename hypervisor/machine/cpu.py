@@ -92,9 +92,14 @@ WIDE_NAME = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi", "d
 
 CR0_PE = 1 << 0
 # blockhook.STOP_*: why the block hook stopped the CPU before a block.
-_STOP_DEADLINE, _STOP_UNKNOWN, _STOP_CROSSING, _STOP_IO = 1, 3, 4, 5
+_STOP_DEADLINE, _STOP_UNKNOWN, _STOP_CROSSING, _STOP_IO, _STOP_ALIGN = 1, 3, 4, 5, 7
 # Port I/O, as capstone names it (after any rep prefix).
 _IO_MNEMONICS = frozenset(("in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd"))
+# Legacy SSE instructions whose 16-byte memory operand may be misaligned (QEMU 7.2's
+# X86_VEX_SSEUnaligned); every other one with an ``xmmword`` operand raises #GP(0) for a
+# misaligned linear address (SDM vol. 1, 15.7; VEX forms do not, and are not checked).
+_SSE_UNALIGNED = frozenset(("movups", "movupd", "movdqu", "lddqu",
+                            "pcmpestri", "pcmpestrm", "pcmpistri", "pcmpistrm"))
 EFLAGS_IF = 1 << 9
 EFLAGS_IOPL = 3 << 12
 
@@ -118,6 +123,16 @@ class _Batch:
         self.ids = (ctypes.c_int * n)(*regs)
         self.values = (ctypes.c_uint64 * n)()
         self.pointers = (ctypes.c_void_p * n)(*(ctypes.addressof(self.values) + 8 * i for i in range(n)))
+
+
+_NO_PASS = (1 << 64) - 1                 # blockhook.NO_PASS
+
+
+def _needs_alignment(mnemonic: str) -> bool:
+    """Does this legacy SSE instruction (capstone's mnemonic; its operand is an ``xmmword``)
+    raise #GP(0) for a misaligned memory operand? VEX forms (``v...``) do not."""
+    name = mnemonic.split()[-1]
+    return not name.startswith("v") and name not in _SSE_UNALIGNED
 
 
 class UnreadableCode(Exception):
@@ -363,6 +378,7 @@ class SegmentLayout:
     gdt: int
     idt: int
     eip: int
+    cr4: int          # env->cr[4] (its low half), for the block hook's SSE alignment stops
 
 
 @lru_cache(maxsize=None)
@@ -399,8 +415,16 @@ def segment_layout() -> SegmentLayout:
     eip = eips[0] & eips[1]
     if len(eip) != 1:
         raise CpuError(f"cannot locate EIP in the CPU state (candidates {sorted(eip)})")
+    cr4s = []
+    for value in (0x200, 0x600, 0x10):      # OSFXSR; OSFXSR|OSXMMEXCPT; PSE
+        uc.reg_write(CR4, value)
+        found = _context_bytes(uc.context_save())[context_env:]
+        cr4s.append({o for o in range(0, len(found) - 4, 4) if struct.unpack_from("<I", found, o)[0] == value})
+    cr4 = cr4s[0] & cr4s[1] & cr4s[2]
+    if len(cr4) != 1:
+        raise CpuError(f"cannot locate CR4 in the CPU state (candidates {sorted(cr4)})")
     layout = SegmentLayout(segs=cache_at(0x23450), ldt=cache_at(0x778800), tr=cache_at(0x99AA00),
-                           gdt=cache_at(0x11223000), idt=cache_at(0x44556000), eip=eip.pop())
+                           gdt=cache_at(0x11223000), idt=cache_at(0x44556000), eip=eip.pop(), cr4=cr4.pop())
     cache = _SegmentCache.from_buffer_copy
     checks = [(layout.segs + 24 * _SEGMENT_INDEX[reg], selector, selector << 4)
               for reg, selector in ((ES, 0x2345), (DS, 0x1234), (FS, 0x3456), (GS, 0x4567))]
@@ -627,6 +651,9 @@ class Cpu:
         self._exit_requests(counting == "count")
         self.block_hook = blockhook.BlockHook(self, callback, counting == "block") if callback else None
         self._record = self.block_hook.record if counting == "block" else None
+        if self._record is not None:
+            # QEMU 7.2's #GP for a misaligned 16-byte SSE operand (``_run_to_aligned``)
+            self._record.cr4_at = self._env + segment_layout().cr4
         self._running = False
         self._cuts: list[tuple[int, int, int, int, int]] = []
         self._stop_eip: int | None = None   # EIP when a hook asked the running slice to stop
@@ -636,6 +663,7 @@ class Cpu:
         self._blocks: dict[bytes, tuple[int, int, int]] = {}   # code -> (icount, flags, first I/O offset)
         self._disasm = None
         self.refused_io: tuple[int, int] | None = None   # (EIP, length) of port I/O the guard refused
+        self.misaligned: int | None = None   # EIP of an SSE instruction whose operand must be aligned and is not
         self._fault_mark: tuple[int, int] | None = None  # (counter, block) when a fault hook last ran
         # How the counter reads guest code by linear address; the monitor that runs the CPU
         # sets its own (paging); by default linear is physical.
@@ -660,6 +688,7 @@ class Cpu:
             self._record.counting = 0
             self._record.fast = 0
             self._record.io_guard = 0
+            self._record.cr4_at = None
             self._record = None
             self.counting = "count"
             self._exit_requests(True)
@@ -696,6 +725,7 @@ class Cpu:
         """
         self._stopped_at = None
         self.refused_io = None
+        self.misaligned = None
         r = self._record
         if r is None:
             self.uc.emu_start(eip, until, count=count)
@@ -723,6 +753,9 @@ class Cpu:
                 elif why == _STOP_IO:       # run up to the I/O instruction, which is refused
                     if not self._run_to_io(r.unknown_address, r.unknown_size, until):
                         break
+                elif why == _STOP_ALIGN:    # run up to the SSE instruction, and check its operand
+                    if not self._run_to_aligned(r.unknown_address, r.unknown_size, until):
+                        break
                 else:
                     break
                 r.stopped = 0
@@ -732,28 +765,33 @@ class Cpu:
 
     def _learn(self, address: int, size: int) -> None:
         """Count a block's instructions (and find its port I/O) for the block hook's cache."""
-        icount, flags, _ = self._decode_block(address, size)
+        icount, flags = self._decode_block(address, size)[:2]
         self.block_hook.learn(address, size, icount, flags)
 
-    def _decode_block(self, address: int, size: int) -> tuple[int, int, int]:
-        """(instructions, cache flags, offset of the first in/out/ins/outs or -1) of the
-        ``size`` bytes at linear ``address`` (bytes that do not decode: one instruction, the
-        one that faults)."""
-        from .native.blockhook import HAS_IO, IO_KNOWN
+    def _decode_block(self, address: int, size: int) -> tuple[int, int, int, int]:
+        """(instructions, cache flags, offset of the first in/out/ins/outs or -1, offset of the
+        first SSE instruction that needs its 16-byte operand aligned or -1) of the ``size``
+        bytes at linear ``address`` (bytes that do not decode: one instruction, the one that
+        faults)."""
+        from .native.blockhook import ALIGN_KNOWN, HAS_ALIGNED, HAS_IO, IO_KNOWN
         try:
             code = bytes(self.code_reader(address, size))
         except Exception:                   # unreadable: the block is one faulting instruction
-            return 1, IO_KNOWN, -1
+            return 1, IO_KNOWN | ALIGN_KNOWN, -1, -1
         known = self._blocks.get(code)
         if known is None:
             n = end = 0
-            first_io = -1
-            for offset, length, mnemonic, _ in self._disassembler().disasm_lite(code, 0):
+            first_io = first_aligned = -1
+            for offset, length, mnemonic, op_str in self._disassembler().disasm_lite(code, 0):
                 if first_io < 0 and mnemonic.split()[-1] in _IO_MNEMONICS:
                     first_io = offset
+                if first_aligned < 0 and "xmmword" in op_str and _needs_alignment(mnemonic):
+                    first_aligned = offset
                 n, end = n + 1, end + length
             n += 1 if end < size else 0
-            known = self._blocks[code] = (n, IO_KNOWN | (HAS_IO if first_io >= 0 else 0), first_io)
+            flags = IO_KNOWN | ALIGN_KNOWN | (HAS_IO if first_io >= 0 else 0)
+            flags |= HAS_ALIGNED if first_aligned >= 0 else 0
+            known = self._blocks[code] = (n, flags, first_io, first_aligned)
         return known
 
     def _run_to_io(self, start: int, size: int, until: int) -> bool:
@@ -761,7 +799,7 @@ class Cpu:
         first I/O instruction, and refuse that one. False when the run ended there (or at
         the deadline, or elsewhere because a hook acted); True to go on running."""
         r = self._record
-        _, _, first_io = self._decode_block(start, size)
+        first_io = self._decode_block(start, size)[2]
         if first_io < 0:                    # the code changed since the hook learned it
             self._learn(start, size)
             r.stopped = 0
@@ -778,6 +816,54 @@ class Cpu:
         r.block_address, r.block_size, r.block_icount = 0, 0, 0
         self.refused_io = (at, insn[1] if insn else 1)
         return False
+
+    def _run_to_aligned(self, start: int, size: int, until: int) -> bool:
+        """The block at ``start`` holds a legacy SSE instruction whose 16-byte memory operand
+        must be aligned, and CR4.OSFXSR is set: run the block up to it and look at the
+        operand's linear address. Misaligned: the instruction is refused (``misaligned``;
+        the monitor raises #GP(0), as QEMU 7.2 does and the QEMU 5.0 in Unicorn does not)
+        and the run ends. Aligned: it runs alone, with the block hook told to let its
+        block start through once, and True says go on running. False also when the run
+        ended before it (the deadline, or a hook acted)."""
+        r = self._record
+        first = self._decode_block(start, size)[3]
+        if first < 0:                       # the code changed since the hook learned it
+            self._learn(start, size)
+            r.stopped = 0
+            return True
+        before = self._count_instructions(start, first)
+        if r.exact and r.counter + before >= r.deadline:
+            self._run_prefix(start, size, r.deadline - r.counter, until)
+            return False
+        if before and not self._run_prefix(start, size, before, until):
+            return False
+        at = (start + first) & 0xFFFFFFFF
+        address = self._operand_address(at)
+        if address is not None and address & 15:
+            r.counter += 1                  # the refused instruction, as count= counts a fault
+            r.block_address, r.block_size, r.block_icount = 0, 0, 0
+            self.misaligned = at
+            return False
+        r.align_pass = at
+        try:
+            ran = self._run_prefix(at, size - first, 1, until)
+        finally:
+            r.align_pass = _NO_PASS
+        return ran
+
+    def _operand_address(self, eip: int) -> int | None:
+        """The linear address of the memory operand of the instruction at ``eip`` (None where
+        it cannot be read or has none): offset from the registers, plus the segment's base."""
+        from ..vmm.decode import MAX_INSN, Mem, decode
+        try:
+            insn = decode(bytes(self.code_reader(eip, MAX_INSN)), eip)
+        except Exception:                   # near the end of readable memory: let the CPU fault
+            return None
+        mem = next((op for op in insn.operands if isinstance(op, Mem)), None) if insn else None
+        if mem is None:
+            return None
+        base = self.segment_register(SEG_BY_NAME[mem.segment or mem.default_segment])[1]
+        return (mem.offset(self.read_named) + base) & 0xFFFFFFFF
 
     def _run_prefix(self, start: int, size: int, n: int, until: int) -> bool:
         """Run only the first ``n`` instructions of the block at ``start`` (the CPU is stopped

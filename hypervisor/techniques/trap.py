@@ -101,6 +101,14 @@ class _Unguarded:
     """Where no read hook guards the monitor's memory (it lies above 4 GiB), opening it is moot."""
     open = 0
 _DATA_SEGMENTS = (DS, ES, FS, GS)
+# The control-register bits that change only what the guest's own instructions do, and nothing
+# of the monitor's: the real CR0 and CR4 follow the virtual ones there (VT-x's bits outside the
+# guest/host mask), so x87 and SSE fault as the guest asked (#NM on TS, #UD on EM or without
+# OSFXSR) and smsw shows MP/EM/TS as on the bare machine. CR0: MP, EM, TS, NE, AM; CR4: OSFXSR,
+# OSXMMEXCPT. PE and PG stay the monitor's; CR4.TSD is not passed (the kernel's own rdtsc runs
+# at ring 1 and would fault).
+CR0_GUEST_OWNED = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 18)
+CR4_GUEST_OWNED = (1 << 9) | (1 << 10)
 _IRET_FRAME, _OUTER_STACK = struct.Struct("<3I"), struct.Struct("<2I")
 _IRETS = frozenset({"iret", "iretd"})
 EFLAGS_VM = 1 << 17
@@ -746,3 +754,9 @@ class TrapAndEmulate(Monitor):
             raise UnsupportedGuest(
                 f"the guest enabled paging (mov cr0, {value:#x}): trap-and-emulate runs paged guests only "
                 f"with shadow page tables, which hvsim does not have yet; run it with --technique native")
+        owned = {0: (CR0, CR0_GUEST_OWNED), 4: (CR4, CR4_GUEST_OWNED)}.get(n)
+        if owned is not None:
+            reg, mask = owned
+            real = self.cpu.read(reg)
+            if (real ^ value) & mask:
+                self.cpu.write(reg, (real & ~mask) | (value & mask))

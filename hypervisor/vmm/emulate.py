@@ -190,7 +190,9 @@ def lmsw(m, insn):
 
 def clts(m, insn):
     require_cpl0(m)
+    old = m.vcpu.cr0
     m.vcpu.cr0 &= ~CR0_TS
+    m.control_register_written(0, old, m.vcpu.cr0)
     return ExitReason.CR_ACCESS, "clts traps at ring 1; the monitor clears the virtual CR0.TS"
 
 

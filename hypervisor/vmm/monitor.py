@@ -315,6 +315,10 @@ class Monitor:
             at, length = cpu.refused_io
             cpu.write(EIP, (at + length) & 0xFFFFFFFF)
             return Exit(ExitReason.IO_INSTRUCTION, at, length)
+        if cpu.misaligned is not None:
+            # The CPU stopped at a legacy SSE instruction whose 16-byte operand is misaligned
+            # (Cpu._run_to_aligned): the #GP(0) QEMU 7.2 raises there, as an exception exit.
+            return Exit(ExitReason.EXCEPTION_NMI, cpu.misaligned, vector=GP, error_code=0)
         if not cpu.ran_out(budget):
             # emu_start came back early with nothing asked of it: the guest ran hlt at ring 0.
             return Exit(ExitReason.HLT, cpu.read(EIP))

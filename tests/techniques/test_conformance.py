@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hypervisor.image import build_image
+from hypervisor.machine.native.blockhook import load_native
 from hypervisor.session import run_image
 from tests.qemu import run_qemu
 
@@ -40,10 +41,18 @@ def qemu_dir(tmp_path_factory):
 @pytest.mark.qemu
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_native_matches_qemu_byte_for_byte(source, qemu_dir):
+    skip_without_block_hook(source)
     console, exit_code = qemu_reference(source.stem, qemu_dir)
     result = run_image(Path(qemu_dir) / f"{source.stem}.bin", technique="native")
     assert result.console == console
     assert result.exit_code == exit_code
+
+
+def skip_without_block_hook(source: Path) -> None:
+    """A guest marked `# hvsim: block-counting` needs what only the native block hook does
+    (the #GP for a misaligned SSE operand, Cpu._run_to_aligned); count= lacks it."""
+    if load_native() is None and "# hvsim: block-counting" in source.read_text():
+        pytest.skip("needs the native block hook, which is not built")
 
 
 def pages(source: Path) -> bool:
@@ -56,6 +65,7 @@ def pages(source: Path) -> bool:
 @pytest.mark.parametrize("source", [s for s in SOURCES if s.stem != "sensitive" and not pages(s)],
                          ids=lambda p: p.stem)
 def test_trap_matches_qemu_for_every_guest_but_sensitive(source, qemu_dir):
+    skip_without_block_hook(source)
     console, exit_code = qemu_reference(source.stem, qemu_dir)
     result = run_image(Path(qemu_dir) / f"{source.stem}.bin", technique="trap")
     assert result.console == console

@@ -29,6 +29,9 @@ PORTIO = ROOT / "benchmarks" / "guests" / "portio.S"
 # (guests/smc_next.S: 1,824 against 1,810, its 14 stores into their own block); block counting
 # takes the rest of the dropped block back and counts it once, as the CPU retires it.
 RESTARTED = {"smc_next.S", "smc_ahead.S", "smc_repmovs.S"}
+# Guests whose console depends on what only block counting does: the #GP for a misaligned
+# 16-byte SSE operand (Cpu._run_to_aligned), which count= does not raise.
+BLOCK_ONLY = {"sse_align.S"}
 
 
 MAX_INSTRUCTIONS = 50_000_000
@@ -76,7 +79,8 @@ def test_two_runs_of_a_guest_give_the_same_console_exits_count_time_and_trace(gu
 
 
 @needs_hook
-@pytest.mark.parametrize("guest", [g for g in GUESTS if g.name not in RESTARTED] + [PORTIO], ids=lambda p: p.name)
+@pytest.mark.parametrize("guest", [g for g in GUESTS if g.name not in RESTARTED | BLOCK_ONLY] + [PORTIO],
+                         ids=lambda p: p.name)
 def test_block_counts_at_every_io_exit_equal_count_mode(guest, monkeypatch):
     """Every I/O exit at the same EIP and instruction count, timer guests included: an
     interrupt a device raises lands where it lands under count=, or the counts would part."""

@@ -29,7 +29,13 @@
  * Two more stops before a block, for exactness (Cpu.run handles both):
  *   STOP_CROSSING  the run is ``exact`` and the block would cross the deadline;
  *   STOP_IO        the block holds port I/O and runs with CPL > IOPL (``io_guard``): a
- *                  real CPU raises #GP before the I/O, Unicorn would run it.
+ *                  real CPU raises #GP before the I/O, Unicorn would run it;
+ *   STOP_ALIGN     the block holds a legacy SSE instruction whose 16-byte memory operand
+ *                  must be aligned, and CR4.OSFXSR is set (``cr4_at``): QEMU 7.2 raises #GP
+ *                  for a misaligned one, the QEMU 5.0 inside Unicorn does not, so Python
+ *                  runs the block up to it and checks its address (``align_pass``: the
+ *                  one block start that may run once without this stop, the instruction
+ *                  Python found aligned).
  *
  * It is compiled by the package's install step (setup.py) and loaded with ctypes by
  * blockhook.py. It needs no Unicorn header and links against nothing: the library
@@ -54,14 +60,16 @@ struct entry {
     uint64_t address;
     uint32_t size;        /* 0: empty */
     uint16_t icount;
-    uint16_t flags;       /* IO_KNOWN, HAS_IO */
+    uint16_t flags;       /* IO_KNOWN, HAS_IO, ALIGN_KNOWN, HAS_ALIGNED */
 };
 
 #define IO_KNOWN 1        /* flags: HAS_IO says whether the block holds in/out/ins/outs */
 #define HAS_IO   2
+#define ALIGN_KNOWN 4     /* flags: HAS_ALIGNED says whether it holds an SSE op that needs alignment */
+#define HAS_ALIGNED 8
 
 enum { STOP_NONE = 0, STOP_DEADLINE = 1, STOP_WINDOW = 2, STOP_UNKNOWN = 3, STOP_CROSSING = 4,
-       STOP_IO = 5, STOP_NMI = 6 };
+       STOP_IO = 5, STOP_NMI = 6, STOP_ALIGN = 7 };
 
 /* Shared with Python (ctypes.Structure _Record in blockhook.py): keep both in step. */
 struct record {
@@ -111,12 +119,15 @@ struct record {
                                  * every pointer above that the fast path reads is set */
     volatile int32_t nmi_armed; /* stop at the first block where NMIs are no longer blocked */
     const volatile uint32_t *hflags2_at;  /* QEMU's env->hflags2 (HF2_NMI_MASK), for nmi_armed */
+    const volatile uint32_t *cr4_at;  /* QEMU's env->cr[4] (low half), or NULL: no alignment stops */
+    uint64_t align_pass;        /* the block start that runs once without STOP_ALIGN; ~0: none */
     struct entry cache[CACHE_SIZE];
 };
 
 #define EFLAGS_IF (1u << 9)
 #define HF2_NMI_MASK (1u << 2)   /* an NMI's handler runs: NMIs blocked until its iret */
 #define EFLAGS_IOPL_SHIFT 12
+#define CR4_OSFXSR (1u << 9)
 
 static inline uint32_t slot(uint64_t address, uint32_t size)
 {
@@ -163,6 +174,11 @@ static inline int io_guarded(const struct record *r)
          : r->io_guard == 2 ? (int32_t)(r->hflags_at[0] & 3) >= r->io_guard_cpl : 0;
 }
 
+static inline int align_guarded(const struct record *r)
+{
+    return r->cr4_at != 0 && (*r->cr4_at & CR4_OSFXSR);
+}
+
 static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct record *r)
     __attribute__((noinline));
 
@@ -172,7 +188,7 @@ static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct reco
  * block, every few guest instructions): counting, no window to open (nothing armed, or IF
  * still 0: a guest that keeps interrupts off while one waits runs here), no fault just taken, the
  * block known, no translated block dropped since, no deadline reached or crossed, no port
- * I/O to refuse. Then the block is simply added. Anything else takes hv_block_slow, which
+ * I/O to refuse, no SSE alignment to check. Then the block is simply added. Anything else takes hv_block_slow, which
  * checks everything in order; where every condition here holds, it does exactly this. */
 void hv_block(void *uc, uint64_t address, uint32_t size, void *user_data)
 {
@@ -186,7 +202,8 @@ void hv_block(void *uc, uint64_t address, uint32_t size, void *user_data)
             && (r->exact ? next : r->counter + 1) <= r->deadline
             && *r->invalidations_at == r->invalidations_seen
             && *r->flushes_at == r->flushes_seen
-            && !io_guarded(r), 1)) {
+            && !io_guarded(r)
+            && (!align_guarded(r) || (e->flags & (ALIGN_KNOWN | HAS_ALIGNED)) == ALIGN_KNOWN), 1)) {
         r->counter = next;
         r->block_address = address;
         r->block_size = size;
@@ -199,7 +216,7 @@ void hv_block(void *uc, uint64_t address, uint32_t size, void *user_data)
 static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct record *r)
 {
     struct entry *e;
-    int guard, smc;
+    int guard, aligned, smc;
 
     if (r->after_fault) {
         r->after_fault = 0;
@@ -246,11 +263,13 @@ static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct reco
         wipe(r);
     }
     guard = io_guarded(r);
+    aligned = align_guarded(r) && address != r->align_pass;
+    r->align_pass = ~(uint64_t)0;
     e = &r->cache[slot(address, size)];
     if (e->address != address || e->size != size) {
         struct uc_tb tb;
         r->misses++;
-        if (!guard && r->ctl(uc, r->ctl_request_cache, address, &tb) == 0 && tb.pc == address
+        if (!guard && !aligned && r->ctl(uc, r->ctl_request_cache, address, &tb) == 0 && tb.pc == address
                 && tb.size == size && tb.icount != 0) {
             e->icount = tb.icount;
             e->flags = 0;
@@ -268,6 +287,16 @@ static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct reco
         }
         if (e->flags & HAS_IO) {
             stop_before(uc, r, STOP_IO, address, size, e);
+            return;
+        }
+    }
+    if (aligned) {
+        if (!(e->flags & ALIGN_KNOWN) && !learn(r, e, address, size)) {
+            stop_before(uc, r, STOP_UNKNOWN, address, size, e);
+            return;
+        }
+        if (e->flags & HAS_ALIGNED) {
+            stop_before(uc, r, STOP_ALIGN, address, size, e);
             return;
         }
     }

@@ -54,8 +54,9 @@ EFLAGS_IF = 1 << 9
 EXTENSION = "hypervisor.machine.native._blockhook"     # setup.py builds blockhook.c under this name
 CALLBACK = "hv_block"
 CACHE_SIZE = 4096                                      # blockhook.c's CACHE_SIZE
-STOP_NONE, STOP_DEADLINE, STOP_WINDOW, STOP_UNKNOWN, STOP_CROSSING, STOP_IO, STOP_NMI = 0, 1, 2, 3, 4, 5, 6
-IO_KNOWN, HAS_IO = 1, 2                                # a cache entry's flags (blockhook.c)
+STOP_NONE, STOP_DEADLINE, STOP_WINDOW, STOP_UNKNOWN, STOP_CROSSING, STOP_IO, STOP_NMI, STOP_ALIGN = range(8)
+IO_KNOWN, HAS_IO, ALIGN_KNOWN, HAS_ALIGNED = 1, 2, 4, 8    # a cache entry's flags (blockhook.c)
+NO_PASS = (1 << 64) - 1                                # align_pass: no block start is let through
 # uc_ctl's code for "request the translated block at an address" (unicorn.h: UC_CTL_READ_WRITE(.., 2)).
 CTL_REQUEST_CACHE = U.UC_CTL_TB_REQUEST_CACHE | (2 << 26) | (U.UC_CTL_IO_READ_WRITE << 30)
 
@@ -104,6 +105,8 @@ class _Record(ctypes.Structure):
         ("fast", ctypes.c_int32),
         ("nmi_armed", ctypes.c_int32),
         ("hflags2_at", ctypes.c_void_p),
+        ("cr4_at", ctypes.c_void_p),
+        ("align_pass", ctypes.c_uint64),
         ("cache", _Entry * CACHE_SIZE),
     ]
 
@@ -116,7 +119,7 @@ def _learned(cpu, address: int, size: int) -> int:
     0 (the hook then stops before the block) where anything goes wrong: no traceback
     may cross the C frame."""
     try:
-        icount, flags, _ = cpu._decode_block(address, size)
+        icount, flags = cpu._decode_block(address, size)[:2]
         return (icount & 0xFFFF) | flags << 16 if 0 < icount <= 0xFFFF else 0
     except Exception:
         return 0
@@ -155,7 +158,7 @@ class BlockHook:
 
     def __init__(self, cpu, callback: NativeCallback, counting: bool):
         self.record = r = _Record(eflags_regid=X.UC_X86_REG_EFLAGS, ctl_request_cache=CTL_REQUEST_CACHE,
-                                  counting=int(counting))
+                                  counting=int(counting), align_pass=NO_PASS)
         r.reg_read = ctypes.cast(libunicorn.uc_reg_read, ctypes.c_void_p).value
         r.emu_stop = ctypes.cast(libunicorn.uc_emu_stop, ctypes.c_void_p).value
         r.ctl = ctypes.cast(libunicorn.uc_ctl, ctypes.c_void_p).value
