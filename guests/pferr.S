@@ -18,7 +18,6 @@
 # through an IDT whose entry 0x80 lies on the not-present page 0x306000, at CPL 0 and from ring
 # 3. And the low 7 bits of the probe page's PTE, of the 4 MiB PDE (before, after a read, after a
 # write) and of PDE 0 (a page table: A set, D untouched).
-# hvsim: pages (the conformance test runs this guest only under techniques that support paging)
 
 PD = 0x200000
 PT0 = 0x201000

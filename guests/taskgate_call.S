@@ -19,7 +19,8 @@
 #      saved EIP is now after that jmp, 0xc past the point after its iretd).
 #   5. A sets NT and runs iretd: its back link is 0, the boot task, which has no TSS
 #      descriptor: #TS(0), delivered through the IDT in task A (frame EIP on the iretd).
-# hvsim: pages (the conformance test runs this guest only under techniques that support paging)
+# hvsim: task-switch (hardware task switches: the conformance test runs this guest only under
+# techniques that model them)
 
 PD_A = 0x200000
 PD_B = 0x201000

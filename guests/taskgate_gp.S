@@ -22,7 +22,8 @@
 # (a jmp frees the task it leaves), and what the fault task's TSS kept: EIP after its ljmp,
 # its back link (untouched by a jmp). Then a second #GP: the fault task resumes after its ljmp
 # (with the registers it had there), goes round to its start and does it all again.
-# hvsim: pages (the conformance test runs this guest only under techniques that support paging)
+# hvsim: task-switch (hardware task switches: the conformance test runs this guest only under
+# techniques that model them)
 
 PD_MAIN = 0x200000
 PD_FAULT = 0x201000

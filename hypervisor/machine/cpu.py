@@ -92,7 +92,7 @@ WIDE_NAME = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "si": "esi", "d
 
 CR0_PE = 1 << 0
 # blockhook.STOP_*: why the block hook stopped the CPU before a block.
-_STOP_DEADLINE, _STOP_UNKNOWN, _STOP_CROSSING, _STOP_IO, _STOP_ALIGN = 1, 3, 4, 5, 7
+_STOP_DEADLINE, _STOP_UNKNOWN, _STOP_CROSSING, _STOP_IO, _STOP_ALIGN, _STOP_WATCH = 1, 3, 4, 5, 7, 8
 # Port I/O, as capstone names it (after any rep prefix).
 _IO_MNEMONICS = frozenset(("in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd"))
 # Legacy SSE instructions whose 16-byte memory operand may be misaligned (QEMU 7.2's
@@ -126,6 +126,14 @@ class _Batch:
 
 
 _NO_PASS = (1 << 64) - 1                 # blockhook.NO_PASS
+
+
+def _is_watched(watched: frozenset[str], name: str, op_str: str) -> bool:
+    """Is this instruction one of ``watched``? A far jmp or call through memory is ``jmp far``
+    or ``call far`` there (capstone names it ``jmp``/``call`` with a ``ptr`` operand of no size)."""
+    if name in watched:
+        return True
+    return name in ("jmp", "call") and op_str.startswith("ptr ") and f"{name} far" in watched
 
 
 def _needs_alignment(mnemonic: str) -> bool:
@@ -218,6 +226,46 @@ def _scratch_cpu() -> Uc:
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     uc.ctl_set_tcg_buffer_size(4 << 20)      # not the default 1 GiB of address space
     return uc
+
+
+@lru_cache(maxsize=None)
+def invalid_address_offset() -> int:
+    """Offset in uc_struct of ``invalid_addr``: the exact address of the access whose TLB fill a
+    UC_HOOK_TLB_FILL callback refused (the callback itself is told only the page).
+
+    Found on a scratch CPU whose fill refuses one page: a load at 0x5ffe refused on page
+    0x5000, then the same load refused on page 0x6000 (its second page, which QEMU fills at
+    0x6000); the one u64 that holds 0x5ffe after the first run and 0x6000 after the second.
+    """
+    from unicorn import UC_HOOK_TLB_FILL, UC_TLB_VIRTUAL
+    uc = _scratch_cpu()
+    uc.mem_map(0, 0x10000)
+    refused = [0]
+
+    def fill(_uc, vaddr, _type, entry, _data):
+        if vaddr == refused[0]:
+            return False
+        entry.paddr, entry.perms = vaddr, 7
+        return True
+
+    uc.hook_add(UC_HOOK_TLB_FILL, fill)
+    uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+    uc.mem_write(0x1000, b"\x8b\x1d\xfe\x5f\x00\x00\xf4")      # mov ebx, [0x5ffe]; hlt
+    found = None
+    for page, expected in ((0x5000, 0x5FFE), (0x6000, 0x6000)):
+        refused[0] = page
+        uc.ctl_flush_tb()
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)             # (a mode change flushes the TLB)
+        try:
+            uc.emu_start(0x1000, 0x2000)
+        except UcError:
+            pass
+        state = _peek(uc._uch.value, 0x4000) or b""
+        here = {o for o in range(0, len(state) - 8, 8) if struct.unpack_from("<Q", state, o)[0] == expected}
+        found = here if found is None else found & here
+    if not found or len(found) != 1:
+        raise CpuError(f"cannot locate uc->invalid_addr (candidates {sorted(found or ())})")
+    return found.pop()
 
 
 def _peek(address: int, size: int) -> bytes | None:
@@ -423,6 +471,13 @@ def segment_layout() -> SegmentLayout:
     cr4 = cr4s[0] & cr4s[1] & cr4s[2]
     if len(cr4) != 1:
         raise CpuError(f"cannot locate CR4 in the CPU state (candidates {sorted(cr4)})")
+    # QEMU keeps CR0..CR4 as target_ulong cr[5]: CR0 and CR3 at 32 and 8 bytes before CR4.
+    uc.reg_write(CR3, 0x12345000)
+    uc.reg_write(CR0, 0x31)
+    found = _context_bytes(uc.context_save())[context_env:]
+    at = next(iter(cr4))
+    if struct.unpack_from("<II", found, at - 32)[0] != 0x31 or struct.unpack_from("<I", found, at - 8)[0] != 0x12345000:
+        raise CpuError("CR0 and CR3 are not where QEMU's cr[] array puts them before CR4")
     layout = SegmentLayout(segs=cache_at(0x23450), ldt=cache_at(0x778800), tr=cache_at(0x99AA00),
                            gdt=cache_at(0x11223000), idt=cache_at(0x44556000), eip=eip.pop(), cr4=cr4.pop())
     cache = _SegmentCache.from_buffer_copy
@@ -664,6 +719,9 @@ class Cpu:
         self._disasm = None
         self.refused_io: tuple[int, int] | None = None   # (EIP, length) of port I/O the guard refused
         self.misaligned: int | None = None   # EIP of an SSE instruction whose operand must be aligned and is not
+        self.watched: tuple[int, int] | None = None   # (EIP, length) of a watched instruction for the monitor
+        self._watched: frozenset[str] = frozenset()
+        self._decide_watched = None
         self._fault_mark: tuple[int, int] | None = None  # (counter, block) when a fault hook last ran
         # How the counter reads guest code by linear address; the monitor that runs the CPU
         # sets its own (paging); by default linear is physical.
@@ -726,6 +784,7 @@ class Cpu:
         self._stopped_at = None
         self.refused_io = None
         self.misaligned = None
+        self.watched = None
         r = self._record
         if r is None:
             self.uc.emu_start(eip, until, count=count)
@@ -756,6 +815,9 @@ class Cpu:
                 elif why == _STOP_ALIGN:    # run up to the SSE instruction, and check its operand
                     if not self._run_to_aligned(r.unknown_address, r.unknown_size, until):
                         break
+                elif why == _STOP_WATCH:    # run up to the watched instruction, and ask the monitor
+                    if not self._run_to_watched(r.unknown_address, r.unknown_size, until):
+                        break
                 else:
                     break
                 r.stopped = 0
@@ -768,30 +830,34 @@ class Cpu:
         icount, flags = self._decode_block(address, size)[:2]
         self.block_hook.learn(address, size, icount, flags)
 
-    def _decode_block(self, address: int, size: int) -> tuple[int, int, int, int]:
-        """(instructions, cache flags, offset of the first in/out/ins/outs or -1, offset of the
-        first SSE instruction that needs its 16-byte operand aligned or -1) of the ``size``
-        bytes at linear ``address`` (bytes that do not decode: one instruction, the one that
-        faults)."""
-        from .native.blockhook import ALIGN_KNOWN, HAS_ALIGNED, HAS_IO, IO_KNOWN
+    def _decode_block(self, address: int, size: int) -> tuple[int, int, int, int, int]:
+        """(instructions, cache flags, offset of the first in/out/ins/outs, of the first SSE
+        instruction that needs its 16-byte operand aligned, of the first watched instruction;
+        each -1 where there is none) of the ``size`` bytes at linear ``address`` (bytes that do
+        not decode: one instruction, the one that faults)."""
+        from .native.blockhook import ALIGN_KNOWN, HAS_ALIGNED, HAS_IO, HAS_WATCHED, IO_KNOWN, WATCH_KNOWN
         try:
             code = bytes(self.code_reader(address, size))
         except Exception:                   # unreadable: the block is one faulting instruction
-            return 1, IO_KNOWN | ALIGN_KNOWN, -1, -1
+            return 1, IO_KNOWN | ALIGN_KNOWN | WATCH_KNOWN, -1, -1, -1
         known = self._blocks.get(code)
         if known is None:
             n = end = 0
-            first_io = first_aligned = -1
+            first_io = first_aligned = first_watched = -1
+            watched = self._watched
             for offset, length, mnemonic, op_str in self._disassembler().disasm_lite(code, 0):
-                if first_io < 0 and mnemonic.split()[-1] in _IO_MNEMONICS:
+                name = mnemonic.split()[-1]
+                if first_io < 0 and name in _IO_MNEMONICS:
                     first_io = offset
                 if first_aligned < 0 and "xmmword" in op_str and _needs_alignment(mnemonic):
                     first_aligned = offset
+                if first_watched < 0 and watched and _is_watched(watched, name, op_str):
+                    first_watched = offset
                 n, end = n + 1, end + length
             n += 1 if end < size else 0
-            flags = IO_KNOWN | ALIGN_KNOWN | (HAS_IO if first_io >= 0 else 0)
-            flags |= HAS_ALIGNED if first_aligned >= 0 else 0
-            known = self._blocks[code] = (n, flags, first_io, first_aligned)
+            flags = IO_KNOWN | ALIGN_KNOWN | WATCH_KNOWN | (HAS_IO if first_io >= 0 else 0)
+            flags |= (HAS_ALIGNED if first_aligned >= 0 else 0) | (HAS_WATCHED if first_watched >= 0 else 0)
+            known = self._blocks[code] = (n, flags, first_io, first_aligned, first_watched)
         return known
 
     def _run_to_io(self, start: int, size: int, until: int) -> bool:
@@ -844,12 +910,60 @@ class Cpu:
             r.block_address, r.block_size, r.block_icount = 0, 0, 0
             self.misaligned = at
             return False
-        r.align_pass = at
+        return self._run_one(at, size - first, until)
+
+    def _run_one(self, at: int, size: int, until: int) -> bool:
+        """Run the one instruction at ``at`` (the CPU stopped before it), the block hook told to
+        let that block start through once: True when the CPU ended right after it."""
+        r = self._record
+        r.pass_at = at
         try:
-            ran = self._run_prefix(at, size - first, 1, until)
+            return self._run_prefix(at, size, 1, until)
         finally:
-            r.align_pass = _NO_PASS
-        return ran
+            r.pass_at = _NO_PASS
+
+    def watch_instructions(self, mnemonics: frozenset[str], decide) -> None:
+        """Stop before every instruction with one of these mnemonics (capstone's, last word:
+        ``invlpg``, ``ljmp``, ``iretd``; ``jmp far``/``call far`` for the far forms through
+        memory), with every instruction before it in its block done,
+        and ask ``decide(eip)``: True, the run ends there with ``watched`` = (EIP, length), the
+        instruction counted as run (the monitor performs it, as VT-x exits on it); False, it
+        runs on the CPU, and the run goes on. Needs block counting; with ``count=`` nothing is watched."""
+        r = self._record
+        if r is None:
+            return
+        self._watched, self._decide_watched = frozenset(mnemonics), decide
+        self._blocks.clear()
+        self.block_hook.forget()
+        r.watch = int(bool(mnemonics))
+
+    def _run_to_watched(self, start: int, size: int, until: int) -> bool:
+        """The block at ``start`` holds a watched instruction (``watch_instructions``): run up to
+        it and ask. False when the run ended (there, at the deadline, or a hook acted)."""
+        r = self._record
+        first = self._decode_block(start, size)[4]
+        if first < 0:                       # the code changed since the hook learned it
+            self._learn(start, size)
+            r.stopped = 0
+            return True
+        before = self._count_instructions(start, first)
+        if r.exact and r.counter + before >= r.deadline:
+            self._run_prefix(start, size, r.deadline - r.counter, until)
+            return False
+        if before and not self._run_prefix(start, size, before, until):
+            return False
+        at = (start + first) & 0xFFFFFFFF
+        if self._decide_watched(at):
+            insn = next(self._disassembler().disasm_lite(bytes(self.code_reader(at, 16)), at), None)
+            r.counter += 1                  # the instruction, performed by the monitor
+            r.block_address, r.block_size, r.block_icount = 0, 0, 0
+            self.watched = (at, insn[1] if insn else 1)
+            return False
+        # Run on from it, the block hook told to let its block start through once (not as a
+        # one-instruction prefix: a far jmp or an iret goes elsewhere, never to the next one).
+        r.pass_at = at
+        r.stopped = 0
+        return True
 
     def _operand_address(self, eip: int) -> int | None:
         """The linear address of the memory operand of the instruction at ``eip`` (None where
@@ -1072,6 +1186,22 @@ class Cpu:
         return self._decode_block(address, size)[0]
 
     # -- exceptions and the interrupt shadow ------------------------------------------------
+    def descriptor_tables_address(self) -> int:
+        """Where QEMU keeps the LDTR, TR and GDTR caches, one after the other (24 bytes each)."""
+        return self._env + segment_layout().ldt
+
+    def control_register_address(self, n: int) -> int:
+        """Where QEMU keeps CR``n`` (0, 3 or 4; the low 32 bits), for C code that reads the
+        guest's own control registers (the EPT fill)."""
+        if n not in (0, 3, 4):
+            raise CpuError(f"CR{n} is not kept where the fill reads")
+        return self._env + segment_layout().cr4 - 8 * (4 - n)
+
+    def invalid_address(self) -> int:
+        """The exact linear address of the access whose TLB fill was refused last (CR2 of a
+        page fault the C fill found): ``invalid_address_offset``."""
+        return ctypes.c_uint64.from_address(self._handle.value + invalid_address_offset()).value & 0xFFFFFFFF
+
     def exception_error_code(self) -> int:
         """The error code of the exception being raised, as the CPU would push it.
 

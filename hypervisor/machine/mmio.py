@@ -78,6 +78,10 @@ class MmioBus:
         self._ranges.append((base, size, device, width, wider == "refuse"))
         self.cpu.uc.mmio_map(base, size, self._on_read, base, self._on_write, base)
 
+    def ranges(self) -> list[tuple[int, int]]:
+        """(base, size) of every range a device decodes."""
+        return [(base, size) for base, size, *_ in self._ranges]
+
     def device_at(self, address: int) -> tuple[MmioDevice, int, int, bool] | None:
         """(device, offset, width, refuses wider) for a physical address, or None where no
         device decodes it."""

@@ -29,11 +29,15 @@ from .devices.testdev import IOMEM_BASE as TESTDEV_IOMEM, IOMEM_SIZE as TESTDEV_
 from .irqs import InterruptRouter
 from .memory import GuestMemory, MachineMemory
 from .mmio import MmioBus, WindowDevice
-from .native.tlbfill import TlbFill
+from .native.tlbfill import MODE_SHADOW, TlbFill
 
 # Multiboot leaves the GDTR undefined but CS/DS flat; like QEMU's multiboot loader we
 # give the kernel a small boot GDT in low memory (null, null, code 0x10, data 0x18).
 BOOT_GDT_ADDR = 0x0500
+# Under shadow paging, a store to a write-protected guest frame is sent here + its guest-physical
+# address, where an MMIO callback performs it and tells the monitor (``shadow_paging``). Above
+# 4 GiB, where no guest address reaches, and above trap's monitor memory.
+SHADOW_ALIAS = 0x2_0000_0000
 BOOT_CS, BOOT_DS = 0x10, 0x18
 BOOT_GDT = [0, 0, encode_segment(0, 0xFFFFF, 0x9A), encode_segment(0, 0xFFFFF, 0x92)]
 
@@ -134,15 +138,44 @@ class PC:
         self.stop_requested = reason
         self.cpu.stop()
 
+    # -- memory virtualization ------------------------------------------------------------
+    def shadow_paging(self, cr0: int, cr3: int, cr4: int) -> None:
+        """Translate every guest access through the guest's page tables against these virtual
+        control registers, in the C TLB fill (native/tlbfill.py ``use_shadow``; the monitor
+        keeps them current with ``tlb.set_registers``). A store to a write-protected frame
+        then reaches the alias window, whose callback performs it."""
+        size = self.memory.size
+        self.cpu.uc.mmio_map(SHADOW_ALIAS, size, self._alias_read, None, self._alias_write, None)
+        self.tlb.use_shadow(self.memory, self.cpu.hflags_address, cr0, cr3, cr4, SHADOW_ALIAS)
+
+    def _alias_read(self, uc, offset: int, size: int, _) -> int:
+        return int.from_bytes(self.memory.read(offset, size), "little")
+
+    def _alias_write(self, uc, offset: int, size: int, value: int, _) -> None:
+        self.memory.write(offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        # Code translated from these bytes is stale (a guest's code may share a page with its
+        # GDT). Unicorn drops translations by linear address, which is this one only while
+        # the guest's paging is off (README, known limits).
+        if not self.tlb.guest_paging:
+            self.cpu.uc.ctl_remove_cache(offset, offset + size)
+        if self.on_write_protected is not None:
+            self.on_write_protected(offset, size)
+
     # -- write protection -----------------------------------------------------------
     def protect_frames(self, pfns, on: bool) -> None:
         """Write-protect (or release) guest frames: the CPU's writes to them reach
         ``on_write_protected(address, size)`` after they land, with the instruction's every
-        other effect intact (Unicorn runs it whole and leaves the store to the hook)."""
+        other effect intact (Unicorn runs it whole and leaves the store to the hook).
+        ``address`` is guest-physical; under shadow paging the store goes through the alias
+        window, otherwise through a write-protect hook (linear = physical there)."""
         machine = self.memory.machine
+        shadow = self.tlb.mode == MODE_SHADOW
         for pfn in pfns:
             mfn = self.memory.p2m[pfn]
             machine.set_write_protected(mfn, on)
+            if shadow:
+                self.tlb.protect(pfn, on)
+                continue
             self.cpu.uc.mem_protect(pfn << 12, 0x1000, UC_PROT_READ | UC_PROT_EXEC if on else UC_PROT_ALL)
             if on:
                 self._install_write_hook(pfn << 12, 0x1000)

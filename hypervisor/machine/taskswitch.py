@@ -165,6 +165,109 @@ def enter_task(view: TaskSwitchView, selector: int, return_eip: int, error_code:
     return _push_error_code(view, cpu, entered, error_code)
 
 
+JMP, CALL, IRET = "jmp", "call", "iret"      # the instructions that switch tasks (QEMU's SWITCH_TSS_*)
+TASK_GATE = 0x5
+
+
+def _set_busy(view: TaskSwitchView, slot: int, busy: bool) -> None:
+    high = _U32.unpack(view.read_linear(slot + 4, 4))[0]
+    view.write_linear(slot + 4, _U32.pack(high | DESC_BUSY if busy else high & ~DESC_BUSY))
+
+
+def is_task_target(view: TaskSwitchView, selector: int) -> bool:
+    """Does a far jmp or call to ``selector`` switch tasks (a system descriptor of type TSS or
+    task gate)? False where it cannot be read: the CPU then raises what it raises itself."""
+    cpu = view.cpu
+    if selector & 4:
+        _, base, limit, _ = cpu.segment_register(LDTR)
+    else:
+        base, limit = cpu.table_register(GDTR)
+    if selector & 0xFFFC == 0 or (selector & 0xFFF8) + 7 > limit:
+        return False
+    try:
+        d = decode_descriptor(_U64.unpack(view.read_linear(base + (selector & 0xFFF8), 8))[0])
+    except Exception:
+        return False
+    return d.system and d.type in (0x1, 0x9, TASK_GATE)
+
+
+def switch_by_instruction(view: TaskSwitchView, selector: int, source: str, next_eip: int) -> Entered:
+    """A task switch an instruction makes, as QEMU's helpers and ``switch_tss_ra`` make it: a
+    far ``jmp`` or ``call`` to ``selector`` (a TSS, or a task gate in the GDT or LDT), or an
+    ``iret`` with NT set (``selector`` is ignored: the back link in the current TSS names the
+    task). ``next_eip`` is saved as the outgoing task's EIP. A jmp frees the old TSS and does
+    not nest; a call nests (back link, NT); an iret frees the old TSS, saves its EFLAGS with NT
+    clear and returns to a task that must be busy. Raises as ``enter_task``."""
+    cpu = view.cpu
+    gdt_base, gdt_limit = cpu.table_register(GDTR)
+    if source == IRET:
+        tr_base = cpu.segment_register(TR)[1]
+        selector = _U16.unpack(view.read_linear(tr_base + TSS_LINK, 2))[0]
+        error = selector & 0xFFFC
+        if selector & 4 or (selector & 0xFFF8) + 7 > gdt_limit:
+            raise GuestFault(TS_VECTOR, error, why=f"iret's back link {selector:#x} names no TSS")
+        tss = decode_descriptor(_U64.unpack(view.read_linear(gdt_base + (selector & 0xFFF8), 8))[0])
+        if not tss.system or tss.type & 7 != 3:
+            raise GuestFault(TS_VECTOR, error, why=f"iret's back link {selector:#x} is not a busy TSS")
+    else:
+        selector, tss = _jump_target(view, cpu, gdt_base, gdt_limit, selector)
+    error = selector & 0xFFFC
+    if not tss.present:
+        raise GuestFault(NP_VECTOR, error, why=f"TSS {selector:#x} is not present")
+    if selector & 4:
+        raise GuestFault(TS_VECTOR, error, why=f"TSS selector {selector:#x} is in the LDT")
+    if not tss.type & 8:
+        raise UnmodelledTaskSwitch(f"a {source} to the 16-bit TSS {selector:#x}")
+    if tss.limit < TSS32_MIN_LIMIT:
+        raise GuestFault(TS_VECTOR, error, why=f"TSS {selector:#x} has limit {tss.limit:#x}, below 0x67")
+    task = TaskImage.unpack(view.read_linear(tss.base + TSS_CR3, _IMAGE.size))
+    if task.eflags & EFLAGS_VM:
+        raise UnmodelledTaskSwitch(f"the task of TSS {selector:#x} runs in virtual-8086 mode")
+    old_selector = cpu.segment_register(TR)[0]
+    eflags = cpu.read(EFLAGS)
+    saved = eflags & ~EFLAGS_NT if source == IRET else eflags
+    _save_outgoing(view, cpu, next_eip, saved, free_old=source != CALL)
+    if source == CALL:
+        view.write_linear(tss.base + TSS_LINK, _U16.pack(old_selector))
+    if source != IRET:
+        _set_busy(view, gdt_base + (selector & 0xFFF8), True)
+    _load_task(view, cpu, selector, tss, task, eflags, nested=source == CALL)
+    return _load_segments(view, cpu, gdt_base, gdt_limit, task)
+
+
+def _jump_target(view: TaskSwitchView, cpu: Cpu, gdt_base: int, gdt_limit: int,
+                 selector: int) -> tuple[int, Descriptor]:
+    """The TSS a far jmp or call switches to, with the checks of QEMU's helpers: the target's
+    DPL against CPL and RPL, and through a task gate the TSS it names (which must be available)."""
+    error = selector & 0xFFFC
+    if selector & 4:
+        _, base, limit, _ = cpu.segment_register(LDTR)
+    else:
+        base, limit = gdt_base, gdt_limit
+    if error == 0:
+        raise GuestFault(GP_VECTOR, 0, why="a far transfer to the null selector")
+    if (selector & 0xFFF8) + 7 > limit:
+        raise GuestFault(GP_VECTOR, error, why=f"selector {selector:#x} is beyond its table's limit")
+    d = decode_descriptor(_U64.unpack(view.read_linear(base + (selector & 0xFFF8), 8))[0])
+    cpl = cpu.cpl
+    if d.dpl < cpl or d.dpl < selector & 3:
+        raise GuestFault(GP_VECTOR, error, why=f"{selector:#x} has DPL {d.dpl}, below CPL {cpl} or RPL")
+    if d.type != TASK_GATE:
+        return selector, d
+    if not d.present:
+        raise GuestFault(NP_VECTOR, error, why=f"the task gate {selector:#x} is not present")
+    tss_selector = (d.raw >> 16) & 0xFFFF
+    tss_error = tss_selector & 0xFFFC
+    if tss_selector & 4:
+        raise GuestFault(TS_VECTOR, tss_error, why=f"the task gate names {tss_selector:#x}, an LDT selector")
+    if (tss_selector & 0xFFF8) + 7 > gdt_limit:
+        raise GuestFault(GP_VECTOR, tss_error, why=f"TSS selector {tss_selector:#x} is beyond the GDT limit")
+    tss = decode_descriptor(_U64.unpack(view.read_linear(gdt_base + (tss_selector & 0xFFF8), 8))[0])
+    if not tss.system or tss.type & 7 != 1:
+        raise GuestFault(GP_VECTOR, tss_error, why=f"selector {tss_selector:#x} is not an available TSS")
+    return tss_selector, tss
+
+
 def _incoming_tss(view: TaskSwitchView, gdt_limit: int, slot: int, selector: int) -> Descriptor:
     """The descriptor a task gate names, with QEMU's checks (step 1 of the header)."""
     error = selector & 0xFFFC
@@ -186,29 +289,34 @@ def _incoming_tss(view: TaskSwitchView, gdt_limit: int, slot: int, selector: int
     return tss
 
 
-def _save_outgoing(view: TaskSwitchView, cpu: Cpu, return_eip: int, eflags: int) -> None:
+def _save_outgoing(view: TaskSwitchView, cpu: Cpu, return_eip: int, eflags: int, free_old: bool = False) -> None:
     """Step 3: the outgoing task into the TSS TR's cache names. QEMU first touches the TSS's
     first and last byte, reading then writing each, so that a fault comes before any store;
-    its last byte is where the cached type says (0x2B for a 16-bit TSS, 0x67 for a 32-bit one)."""
-    _, base, _, flags = cpu.segment_register(TR)
+    its last byte is where the cached type says (0x2B for a 16-bit TSS, 0x67 for a 32-bit one).
+    A jmp or an iret (``free_old``) then clears the old TSS's busy bit, before the save."""
+    selector, base, _, flags = cpu.segment_register(TR)
     last = base + (TSS32_MIN_LIMIT if (flags >> 8) & 8 else 0x2B)
     first_byte, last_byte = view.read_linear(base, 1), view.read_linear(last, 1)
     view.write_linear(base, first_byte)
     view.write_linear(last, last_byte)
+    if free_old:
+        _set_busy(view, cpu.table_register(GDTR)[0] + (selector & 0xFFF8), False)
     view.write_linear(base + TSS_EIP, _SAVED.pack(return_eip, eflags, *cpu.read_batch(_GPRS)))
     for i, selector in enumerate(cpu.read_batch(_SEGMENTS)):
         view.write_linear(base + TSS_SEGMENTS + 4 * i, _U16.pack(selector))
 
 
-def _load_task(view: TaskSwitchView, cpu: Cpu, selector: int, tss: Descriptor, task: TaskImage, eflags: int) -> None:
-    """Step 5's first half, which cannot fault: CR0.TS, TR, CR3, the registers, EFLAGS, EIP."""
+def _load_task(view: TaskSwitchView, cpu: Cpu, selector: int, tss: Descriptor, task: TaskImage, eflags: int,
+               nested: bool = True) -> None:
+    """Step 5's first half, which cannot fault: CR0.TS, TR, CR3, the registers, EFLAGS, EIP
+    (with NT set for a ``nested`` task: an event's or a call's)."""
     cr0 = cpu.read(CR0)
     cpu.write(CR0, cr0 | CR0_TS)
     cpu.set_segment_register(TR, selector, tss.base, tss.limit, _cached_flags(tss) & ~DESC_BUSY)
     if cr0 & CR0_PG:
         cpu.write(CR3, task.cr3)
         view.address_space_changed()
-    loaded = (eflags & ~EFLAGS_LOADED) | (task.eflags & EFLAGS_LOADED) | EFLAGS_NT | 2
+    loaded = (eflags & ~EFLAGS_LOADED) | (task.eflags & EFLAGS_LOADED) | (EFLAGS_NT if nested else 0) | 2
     cpu.write_batch(_ENTRY, (*task.gprs, loaded, task.eip))
 
 

@@ -28,7 +28,7 @@ from ..machine.interrupts import GP, CpuFrame, DeliveryFault, deliver_flat, tabl
 from ..memory.walker import GuestAddressSpace, Paging
 from ..vmm.emulate import MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP
 from ..vmm.exits import Exit, ExitReason
-from ..vmm.monitor import Monitor, VcpuState, software_interrupt_length
+from ..vmm.monitor import Event, EventKind, Monitor, VcpuState, software_interrupt_length
 
 EFLAGS_VM, EFLAGS_RF = 1 << 17, 1 << 16
 _PAGING_REGISTERS = (CR0, CR3, CR4)
@@ -168,7 +168,9 @@ class Native(Monitor):
         new_eip, new_cs, new_eflags, new_esp, new_ss, handler_cpl = done
         cpu.clear_interrupt_shadow()          # delivering an event ends any sti/mov-ss shadow
         self.state = VcpuState.RUNNING
-        self.stats.add(ExitReason.EXCEPTION_NMI)
+        if self.every_exception_exits or self.exception_exits(
+                Event(intno, EventKind.SOFTWARE if software else EventKind.EXCEPTION, error, eip)):
+            self.stats.add(ExitReason.EXCEPTION_NMI)
         if not cpu.load_ring(handler_cpl, new_cs, new_ss, new_esp, new_eflags, new_eip):
             self.crash(f"cannot load the handler's segments {new_cs:#x}/{new_ss:#x} at ring {handler_cpl}")
         return True

@@ -61,6 +61,8 @@ from ..machine.faults import BusError, GuestFault
 from ..machine.native.readguard import ReadGuard
 from ..machine.interrupts import (GP, NP, SS_FAULT, CpuFrame, DeliveryFault, deliver_flat, table_descriptor,
                                   through_call_gate)
+from ..memory.shadow import ShadowPaging
+from ..memory.walker import CR0_PG, CR4_PAE, GuestAddressSpace, Paging, translate
 from ..vmm.decode import MAX_INSN, SEGMENT_REGISTERS, Imm, Instruction, Mem, Reg, decode
 from ..vmm.emulate import EMULATORS, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, TRANSFERS, Unemulated
 from ..vmm.exits import Exit, ExitReason
@@ -203,6 +205,13 @@ class TrapAndEmulate(Monitor):
         self.handlers[ExitReason.SYSTEM_CALL] = self.handle_system_call
         self.handlers[ExitReason.TABLE_WRITE] = self.handle_table_write
         self.pc.on_write_protected = self._guest_wrote_protected
+        # Shadow paging: the guest's tables are walked by the C TLB fill against the virtual
+        # CR0/CR3/CR4 (hypervisor/memory/shadow.py says how and why); the monitor's own reads
+        # of guest memory walk them too, in Python.
+        self.shadow = above_4g
+        self.mmu: ShadowPaging | None = None
+        self.space = GuestAddressSpace(self.pc.memory, self.paging)
+        self._walks = 0                        # the fill's walk count at the last slice's end
 
     # -- boot ----------------------------------------------------------------------------
     def boot(self) -> None:
@@ -211,6 +220,8 @@ class TrapAndEmulate(Monitor):
         v.gdt_base, v.gdt_limit = cpu.table_register(GDTR)
         v.idt_base, v.idt_limit = cpu.table_register(IDTR)
         v.cr0, v.cr2, v.cr3, v.cr4 = (cpu.read(r) for r in (CR0, CR2, CR3, CR4))
+        if self.shadow:
+            self.mmu = ShadowPaging(self.pc, self.paging())
         self.rebuild_shadow_gdt()
         base = self.monitor_base
         cpu.set_table_register(IDTR, base + MONITOR_IDT, 0x7FF)
@@ -245,15 +256,26 @@ class TrapAndEmulate(Monitor):
         self._select_gdt_view()
 
     def _protect_gdt(self, count: int) -> None:
-        """Write-protect the frames of the guest's GDT, so every edit reaches the shadow."""
+        """Write-protect the frames of the guest's GDT, so every edit reaches the shadow (the
+        frames its linear pages map to, through the guest's page tables when paging is on)."""
         v = self.vcpu
         frames = set()
         if count:
             first, last = v.gdt_base >> 12, (v.gdt_base + count * 8 - 1) >> 12
-            frames = {f for f in range(first, last + 1) if self.pc.memory.contains(f << 12)}
+            frames = {f for f in (self._frame_of(page << 12) for page in range(first, last + 1))
+                      if f is not None and self.pc.memory.contains(f << 12)}
         self.pc.protect_frames(frames - self._gdt_frames, True)
         self.pc.protect_frames(self._gdt_frames - frames, False)
         self._gdt_frames = frames
+
+    def _frame_of(self, linear: int) -> int | None:
+        """The guest frame a linear page maps to (no accessed bit set: the monitor only looks)."""
+        if not self.vcpu.cr0 & CR0_PG:
+            return (linear & 0xFFFFFFFF) >> 12
+        try:
+            return translate(self.pc.memory, self.paging(), linear, set_ad=False) >> 12
+        except (GuestFault, BusError):
+            return None
 
     def _gdt_written(self, address: int, size: int) -> bool:
         """Memory changed at ``address``: if it was the GDT, resync the shadow."""
@@ -351,7 +373,15 @@ class TrapAndEmulate(Monitor):
         self._dispatch_in_hook(Exit(ExitReason.TABLE_WRITE, self.cpu.read(EIP), address=address, length=size))
 
     def handle_table_write(self, exit: Exit) -> None:
-        """The CPU wrote a write-protected frame (the write has landed): the shadow follows."""
+        """The CPU wrote a write-protected frame (the write has landed): the shadow follows.
+        ``exit.address`` is guest-physical: with paging on, the GDT is compared whole."""
+        if self.vcpu.cr0 & CR0_PG:
+            source = self._shadow_source
+            self.rebuild_shadow_gdt()
+            if source != self._shadow_source:
+                self.record(ExitReason.TABLE_WRITE, exit.eip, "gdt-write",
+                            "the guest wrote its GDT, which the monitor write-protects; the shadow GDT follows")
+            return
         if self._gdt_written(exit.address, exit.length):
             self.record(ExitReason.TABLE_WRITE, exit.eip, "gdt-write",
                         "the guest wrote its GDT, which the monitor write-protects; the shadow GDT follows")
@@ -442,11 +472,35 @@ class TrapAndEmulate(Monitor):
         self.sync_cpl()
         return v.cpl <= v.iopl
 
+    def invalidate_page(self, linear: int) -> None:
+        """invlpg: the shadow is the TLB, which Unicorn flushes only whole."""
+        if self.mmu is not None:
+            self.mmu.invalidate(linear)
+
+    def after_slice(self, ran: int) -> None:
+        """Count the slice's hidden faults: TLB misses the fill answered by walking the guest's
+        tables (each is what a shadow page fault is under real shadow tables)."""
+        if self.mmu is not None:
+            walks = self.mmu.walks
+            if walks != self._walks:
+                self.stats.add(ExitReason.SHADOW_PAGE_FAULT, walks - self._walks)
+                self._walks = walks
+
+    def paging(self) -> Paging:
+        """The virtual CR0, CR3 and CR4: how the guest's linear addresses translate."""
+        v = self.vcpu
+        return Paging(v.cr0, v.cr3, v.cr4)
+
     def read_linear(self, address: int, length: int) -> bytes:
+        if self.vcpu.cr0 & CR0_PG:
+            return self.space.read(address & 0xFFFFFFFF, length)
         return self.pc.memory.read(address & 0xFFFFFFFF, length)
 
     def write_linear(self, address: int, data: bytes) -> None:
-        self.pc.memory.write(address & 0xFFFFFFFF, data)
+        if self.vcpu.cr0 & CR0_PG:
+            self.space.write(address & 0xFFFFFFFF, data)
+        else:
+            self.pc.memory.write(address & 0xFFFFFFFF, data)
         self._gdt_written(address & 0xFFFFFFFF, len(data))
 
     def read_register(self, name: str) -> int:
@@ -526,8 +580,8 @@ class TrapAndEmulate(Monitor):
         """An ``int n`` or a fault other than #GP/#NP (which may be instructions to emulate),
         reflected in one pass through the guest's own tables (``deliver_flat``), as
         ``handle_exception`` would reflect it; anything unusual takes the general path."""
-        if self.trace.enabled:
-            return False
+        if self.trace.enabled or self.vcpu.cr0 & CR0_PG:
+            return False                    # (the one-pass path reads the guest's tables as physical)
         if intno == GP or intno == NP:
             return self._fast_emulate(intno, eip)
         cpu, v = self.cpu, self.vcpu
@@ -750,10 +804,20 @@ class TrapAndEmulate(Monitor):
         self.rebuild_shadow_gdt()
 
     def control_register_written(self, n: int, old: int, value: int) -> None:
-        if n == 0 and value & (1 << 31):
-            raise UnsupportedGuest(
-                f"the guest enabled paging (mov cr0, {value:#x}): trap-and-emulate runs paged guests only "
-                f"with shadow page tables, which hvsim does not have yet; run it with --technique native")
+        v = self.vcpu
+        if v.cr0 & CR0_PG:
+            if not self.shadow:
+                raise UnsupportedGuest(
+                    f"the guest enabled paging (mov cr{n}, {value:#x}): trap-and-emulate shadows the guest's "
+                    f"page tables in the C TLB fill, which was not built here; run it with --technique native")
+            if v.cr4 & CR4_PAE:
+                raise UnsupportedGuest(
+                    f"the guest enabled PAE paging (mov cr{n}, {value:#x}): trap-and-emulate shadows 32-bit "
+                    f"page tables only; run it with --technique native")
+        if self.mmu is not None and n in (0, 3, 4) and self.mmu.load(self.paging(), cr3_loaded=n == 3):
+            # The CPU flushed its TLB; the GDT may now live in other frames, which must be the
+            # ones write-protected.
+            self.rebuild_shadow_gdt()
         owned = {0: (CR0, CR0_GUEST_OWNED), 4: (CR4, CR4_GUEST_OWNED)}.get(n)
         if owned is not None:
             reg, mask = owned

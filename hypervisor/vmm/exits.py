@@ -74,7 +74,9 @@ class Exit:
     vector: int | None = None          # EXCEPTION_NMI: the vector raised
     error_code: int | None = None      # EXCEPTION_NMI: the error code the CPU pushed
     software: bool = False             # EXCEPTION_NMI: raised by int n / int3 / into
-    address: int | None = None         # TABLE_WRITE: the guest-physical address written
+    address: int | None = None         # TABLE_WRITE: the guest-physical address written; EPT_VIOLATION: the guest-physical address
+    linear: int | None = None          # EXCEPTION_NMI #PF: the faulting linear address (CR2); EPT_VIOLATION: the guest-linear address
+    qualification: int | None = None   # EPT_VIOLATION: the exit qualification (SDM layout)
     detail: str = ""                   # a crash's explanation, for GUEST_CRASH
 
 

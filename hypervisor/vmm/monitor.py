@@ -37,7 +37,7 @@ from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL,
 
 from ..errors import HvError
 from ..machine.cpu import CR0, EAX, EIP, ESP, SEG_BY_NAME, UnreadableCode
-from ..machine.native.tlbfill import CR0_PG
+from ..machine.native.tlbfill import CR0_PG, FAULT_BUS, FAULT_PF, TranslationFault
 from ..machine.faults import BusError, GuestFault
 from ..machine.interrupts import (EXCEPTION_NAMES, GP, NMI, PF, UD, VECTORS_WITH_ERROR_CODE,
                                   CpuFrame, EventKind, TripleFault,
@@ -99,12 +99,15 @@ class RunResult:
     wall_s: float
     virtual_ns: int
     trace: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)     # what the technique adds (hvm: the VMCS controls)
 
     def as_json(self) -> dict:
-        return {"console": self.console.decode("latin-1"), "exit_code": self.exit_code,
-                "technique": self.technique, "halted_reason": self.halted_reason,
-                "instructions": self.instructions, "exits": self.exits,
-                "wall_s": round(self.wall_s, 6), "virtual_ns": self.virtual_ns}
+        out = {"console": self.console.decode("latin-1"), "exit_code": self.exit_code,
+               "technique": self.technique, "halted_reason": self.halted_reason,
+               "instructions": self.instructions, "exits": self.exits,
+               "wall_s": round(self.wall_s, 6), "virtual_ns": self.virtual_ns}
+        out.update(self.details)
+        return out
 
 
 class Monitor:
@@ -114,6 +117,10 @@ class Monitor:
     description = ""
     # True where every change of the guest's IF reaches the monitor (a trap), so it never polls.
     sees_interrupt_flag = False
+    # What a load or store that reaches a device is, as an exit (hvm: an EPT violation).
+    mmio_exit = ExitReason.MMIO
+    # Every exception the guest raises is an exit (False: ask ``exception_exits``, as hvm does).
+    every_exception_exits = True
     # False where a hook needs EIP exact on every instruction: the CPU then counts with count=.
     block_counting = True
 
@@ -238,7 +245,11 @@ class Monitor:
         return RunResult(self.name, bytes(outcome.console), outcome.exit_code,
                          outcome.halted_reason or "stopped", self.instructions, self.stats.as_dict(),
                          time.perf_counter() - self._wall, self.pc.clock.now,
-                         [r.as_json() for r in self.trace.records])
+                         [r.as_json() for r in self.trace.records], self.details())
+
+    def details(self) -> dict:
+        """What this technique adds to ``--json`` (the VMCS controls in force, under hvm)."""
+        return {}
 
     def run_slice(self) -> Exit | None:
         """Service timers, inject what can be taken, then run the guest until an exit."""
@@ -303,8 +314,11 @@ class Monitor:
             ran = self._account(budget)
             self.exit_began()
         self.after_slice(ran)
-        if pc.tlb.after_run(error):     # CR0.PG set under the C TLB fill: rerun from EIP on the CPU's walker
+        outcome = pc.tlb.after_run(error)
+        if outcome is True:             # CR0.PG set under the C TLB fill: rerun from EIP on the CPU's walker
             return self.slice_exit or Exit(ExitReason.PREEMPTION_TIMER, cpu.read(EIP))
+        if outcome:                     # a walking TLB fill refused a translation: EIP on the instruction
+            return self.slice_exit or self.translation_fault(outcome, cpu.read(EIP))
         if error is not None:
             return Exit(ExitReason.GUEST_CRASH, cpu.read(EIP), detail=f"{error} at EIP {cpu.read(EIP):#010x}")
         if self.slice_exit is not None or pc.stop_requested:
@@ -315,6 +329,10 @@ class Monitor:
             at, length = cpu.refused_io
             cpu.write(EIP, (at + length) & 0xFFFFFFFF)
             return Exit(ExitReason.IO_INSTRUCTION, at, length)
+        if cpu.watched is not None:
+            # The CPU stopped at an instruction the technique watches (Cpu.watch_instructions),
+            # EIP on it, not run: the technique performs it.
+            return self.watched_exit(*cpu.watched)
         if cpu.misaligned is not None:
             # The CPU stopped at a legacy SSE instruction whose 16-byte operand is misaligned
             # (Cpu._run_to_aligned): the #GP(0) QEMU 7.2 raises there, as an exception exit.
@@ -323,6 +341,22 @@ class Monitor:
             # emu_start came back early with nothing asked of it: the guest ran hlt at ring 0.
             return Exit(ExitReason.HLT, cpu.read(EIP))
         return Exit(reason, cpu.read(EIP))
+
+    def watched_exit(self, eip: int, length: int) -> Exit:
+        """The exit for an instruction this technique asked the CPU to stop at (none by default)."""
+        return Exit(ExitReason.GUEST_CRASH, eip, detail=f"the CPU stopped at {eip:#010x} for a watch nobody set")
+
+    def translation_fault(self, fault: TranslationFault, eip: int) -> Exit:
+        """The exit for a translation the memory virtualization refused (hypervisor/memory/): the
+        guest's own #PF, reflected with its CR2 and error code; a bus error ends the run, as an
+        access outside RAM ends it under native. hvm adds EPT violations."""
+        if fault.kind == FAULT_PF:
+            return Exit(ExitReason.EXCEPTION_NMI, eip, vector=PF, error_code=fault.error_code, linear=fault.linear)
+        if fault.kind == FAULT_BUS:
+            return Exit(ExitReason.GUEST_CRASH, eip, detail=f"access to guest-physical {fault.guest_physical:#x} "
+                        f"(linear {fault.linear:#010x}), outside RAM, at EIP {eip:#010x}")
+        return Exit(ExitReason.GUEST_CRASH, eip, detail=f"paging mode not modelled by this technique (PAE) "
+                    f"at EIP {eip:#010x}")
 
     def _slice_ns(self) -> int:
         """Virtual nanoseconds the running slice has used so far (for device reads)."""
@@ -434,7 +468,8 @@ class Monitor:
             self.reflect(Event(exit.vector, EventKind.SOFTWARE, None, (exit.eip + exit.length) & 0xFFFFFFFF,
                                fault_eip=exit.eip))
         else:
-            self.reflect(Event(exit.vector, EventKind.EXCEPTION, exit.error_code, exit.eip))
+            self.reflect(Event(exit.vector, EventKind.EXCEPTION, exit.error_code, exit.eip,
+                               cr2=exit.linear if exit.vector == PF else None))
 
     def handle_hlt(self, exit: Exit) -> None:
         """The guest executed hlt; EIP is already past it. Sleep until an interrupt."""
@@ -512,6 +547,9 @@ class Monitor:
         self.reflect(Event(fault.vector, EventKind.EXCEPTION, error, eip, cr2=fault.cr2), why=fault.why)
 
     def reflect(self, event: Event, why: str = "") -> None:
+        if not self.every_exception_exits and not self.exception_exits(event):
+            self.inject(event)          # delivered by the (virtual) hardware: no exit (hvm)
+            return
         if self.trace.enabled:          # the sentence is built only for a trace that keeps it
             vector = event.vector
             if event.kind is EventKind.SOFTWARE:
@@ -527,6 +565,11 @@ class Monitor:
         else:
             self.stats.add(ExitReason.EXCEPTION_NMI)
         self.inject(event)
+
+    def exception_exits(self, event: Event) -> bool:
+        """Is this exception an exit to the monitor (counted, traced)? Under every software
+        technique it is; under hvm only where the VMCS's exception bitmap says so."""
+        return True
 
     def inject(self, event: Event) -> None:
         """Deliver an event to the guest. By default through the guest's IDT, as the CPU does."""
@@ -716,7 +759,7 @@ class Monitor:
 
     def _mmio_access(self, address: int, size: int, value: int | None) -> int | None:
         """One MMIO exit: counted, traced, handed to the bus; ``value`` None for a load."""
-        self.stats.add(ExitReason.MMIO)
+        self.stats.add(self.mmio_exit)
         cpu = self.cpu
         cpu.eip_hint, width = self._mmio_instruction(address, size, write=value is not None)
         cpu.in_memory_access = True
@@ -811,10 +854,14 @@ class Monitor:
             f"store of {value:#x} ({size} bytes) at {address:#010x}"
         where = "" if self.cpu.eip_hint is None else \
             " (Unicorn leaves EIP at the translated block's start here: the monitor found the instruction)"
-        self.trace.add(ExitRecord(0, self.instructions_now(), eip, ExitReason.MMIO, "mmio-bus",
+        self.trace.add(ExitRecord(0, self.instructions_now(), eip, self.mmio_exit, "mmio-bus",
                                   f"{what}: the address belongs to a device, whose model answers{where}",
                                   insn.raw if insn else b"", insn.text if insn else "",
-                                  f"address={address:#x} size={size}"))
+                                  self.describe_mmio(address, size, value is not None)))
+
+    def describe_mmio(self, address: int, size: int, write: bool) -> str:
+        """The trace's qualification of an MMIO exit."""
+        return f"address={address:#x} size={size}"
 
     def _hook_system_call(self, uc, _) -> None:
         # Unicorn calls this with EIP on the instruction, then adds its length: stop, act later.
@@ -827,7 +874,11 @@ class Monitor:
         what = f"in from port {port:#x}" if value is None else f"out {value:#x} to port {port:#x}"
         self.trace.add(ExitRecord(0, self.instructions_now(), eip, ExitReason.IO_INSTRUCTION, "port-bus",
                                   f"{what}: the device model answers", insn.raw if insn else b"",
-                                  insn.text if insn else "", f"port={port:#x} size={size}"))
+                                  insn.text if insn else "", self.describe_io(port, size, value is None, insn)))
+
+    def describe_io(self, port: int, size: int, read: bool, insn: Instruction | None) -> str:
+        """The trace's qualification of a port-I/O exit."""
+        return f"port={port:#x} size={size}"
 
     def _refuse_io(self) -> None:
         """Port I/O at CPL > IOPL is a #GP(0) on real hardware; Unicorn skips the check.

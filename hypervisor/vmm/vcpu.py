@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+CR0_ET = 1 << 4
+
+
 @dataclass
 class VirtualCpu:
     cpl: int = 0                 # the guest's privilege level (0: its kernel, really ring 1)
@@ -39,7 +42,7 @@ class VirtualCpu:
 
     def set_control_register(self, n: int, value: int) -> None:
         if n == 0:
-            self.cr0 = value
+            self.cr0 = value | CR0_ET       # hardwired to 1 (QEMU's cpu_x86_update_cr0 forces it)
         elif n == 2:
             self.cr2 = value
         elif n == 3:

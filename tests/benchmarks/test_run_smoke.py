@@ -15,8 +15,8 @@ def test_quick_run_writes_results_for_every_variant_and_notes_a_missing_qemu(tmp
     report = json.loads(out.read_text())
     rows = report["guests"]["callret"]["variants"]
     # no qemu row, no crash; raw-fill where the C TLB fill was built
-    assert {"native", "trap", "raw", "raw-uncounted"} <= set(rows) <= {"native", "trap", "raw", "raw-uncounted",
-                                                                      "raw-fill"}
+    assert {"native", "trap", "hvm", "raw", "raw-uncounted"} <= set(rows) <= {
+        "native", "trap", "hvm", "raw", "raw-uncounted", "raw-fill"}
     assert rows["native"]["instructions"] == rows["raw"]["instructions"]
     assert rows["native"]["cpu_s"] and rows["native"]["wall_s"] and report["clock"] == "cpu"
     assert report["anomalies"] == []

@@ -117,10 +117,11 @@ def test_assembly_error(tmp_path):
     assert_one_line_error(hv("run", src))
 
 
-def test_paging_under_trap_is_a_clear_error(tmp_path):
+def test_pae_paging_under_trap_is_a_clear_error(tmp_path):
     src = tmp_path / "pg.S"
-    src.write_text("_start:\n mov eax, cr0\n or eax, 0x80000000\n mov cr0, eax\n hlt\n")
-    assert_one_line_error(hv("run", src, "-t", "trap"), "paging")
+    src.write_text("_start:\n mov eax, cr4\n or eax, 0x20\n mov cr4, eax\n"
+                   " mov eax, cr0\n or eax, 0x80000000\n mov cr0, eax\n hlt\n")
+    assert_one_line_error(hv("run", src, "-t", "trap"), "PAE")
 
 
 def test_help_teaches_the_techniques():

@@ -1,10 +1,10 @@
 """The bare machine is the referee: every guest prints the same under hvsim as under QEMU.
 
 For each guest in guests/: QEMU's console and exit code (run live) must equal hvsim's on the
-same image file under ``native`` byte for byte, and under ``trap`` too — except the sensitive guest, whose differing
-lines must be exactly the sensitive-but-unprivileged instructions (Popek and Goldberg's
-failure on x86), and nothing else — and except guests with a ``# hvsim: pages`` line, which turn
-paging on and which trap (no shadow page tables yet) refuses to run.
+same image file under ``native`` and ``hvm`` byte for byte, and under ``trap`` too — except the
+sensitive guest, whose differing lines must be exactly the sensitive-but-unprivileged
+instructions (Popek and Goldberg's failure on x86), and nothing else — and except guests with a
+``# hvsim: task-switch`` line, which make hardware task switches, which trap does not model.
 """
 from functools import lru_cache
 from pathlib import Path
@@ -55,19 +55,30 @@ def skip_without_block_hook(source: Path) -> None:
         pytest.skip("needs the native block hook, which is not built")
 
 
-def pages(source: Path) -> bool:
-    """A guest that turns paging on says so in a `# hvsim: pages` line; trap has no shadow
-    page tables yet, so it refuses such a guest."""
-    return any(line.startswith("# hvsim: pages") for line in source.read_text().splitlines())
+def task_switching(source: Path) -> bool:
+    """A guest that makes hardware task switches says so in a `# hvsim: task-switch` line;
+    trap does not model them, so it refuses such a guest."""
+    return any(line.startswith("# hvsim: task-switch") for line in source.read_text().splitlines())
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("source", [s for s in SOURCES if s.stem != "sensitive" and not pages(s)],
+@pytest.mark.parametrize("source", [s for s in SOURCES if s.stem != "sensitive" and not task_switching(s)],
                          ids=lambda p: p.stem)
 def test_trap_matches_qemu_for_every_guest_but_sensitive(source, qemu_dir):
     skip_without_block_hook(source)
     console, exit_code = qemu_reference(source.stem, qemu_dir)
     result = run_image(Path(qemu_dir) / f"{source.stem}.bin", technique="trap")
+    assert result.console == console
+    assert result.exit_code == exit_code
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_hvm_matches_qemu_for_every_guest_the_sensitive_one_included(source, qemu_dir):
+    """VT-x has no Popek-Goldberg gap: the guest kernel keeps ring 0."""
+    skip_without_block_hook(source)
+    console, exit_code = qemu_reference(source.stem, qemu_dir)
+    result = run_image(Path(qemu_dir) / f"{source.stem}.bin", technique="hvm")
     assert result.console == console
     assert result.exit_code == exit_code
 

@@ -39,8 +39,38 @@ def test_triple_fault_is_reported_with_its_eip(tmp_path, technique):
     assert "EIP 0x0010" in result.halted_reason
 
 
-def test_trap_refuses_paging_with_a_clear_error(tmp_path):
+@pytest.mark.parametrize("technique", ["native", "trap"])
+def test_paging_on_with_an_empty_page_directory_faults_on_the_next_fetch(tmp_path, technique):
+    """The fetch after ``mov cr0`` finds no page: #PF, and with an empty IDT a triple fault,
+    under the shadow (trap) as on the CPU's own walker (native)."""
+    image = guest(tmp_path, """
+        mov eax, idtr
+        .byte 0x0f, 0x01, 0x18
+        mov eax, pd
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        hlt
+    idtr: .word 0
+        .long 0
+    .balign 4096, 0
+    pd: .fill 4096, 1, 0
+    """)
+    result = run_image(image, technique=technique)
+    assert "triple fault" in result.halted_reason
+
+
+def test_trap_refuses_pae_paging_with_a_clear_error(tmp_path):
     from hypervisor.errors import UnsupportedGuest
-    image = guest(tmp_path, "mov eax, cr0\n or eax, 0x80000000\n mov cr0, eax\n hlt\n")
-    with pytest.raises(UnsupportedGuest, match="paging"):
+    image = guest(tmp_path, """
+        mov eax, cr4
+        or eax, 0x20
+        mov cr4, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        hlt
+    """)
+    with pytest.raises(UnsupportedGuest, match="PAE"):
         run_image(image, technique="trap")

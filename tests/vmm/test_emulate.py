@@ -93,6 +93,9 @@ class FakeGuest:
     def control_register_written(self, n: int, old: int, value: int) -> None:
         self.calls.append(("control_register_written", n, old, value))
 
+    def invalidate_page(self, linear: int) -> None:
+        self.calls.append(("invalidate_page", linear))
+
     def interrupt_flag_set(self) -> None:
         self.calls.append(("interrupt_flag_set",))
 

@@ -49,8 +49,8 @@ def images() -> list:
 def test_a_guest_runs_the_same_with_and_without_the_fast_path(name, technique):
     if name.endswith(".S"):
         path = ROOT / "guests" / name
-        if technique == "trap" and "# hvsim: pages" in path.read_text():
-            pytest.skip("paging guest: trap refuses it")
+        if technique == "trap" and "# hvsim: task-switch" in path.read_text():
+            pytest.skip("hardware task switches: trap refuses them")
         image = load_image_bytes(path)
     else:
         image = load_micro(ROOT / "benchmarks" / "micro" / f"{name}.S", 300)

@@ -22,14 +22,21 @@ def test_each_vcpu_has_its_own_debug_registers_and_msrs():
     assert b.dr[0] == 0 and b.msrs == {}
 
 
-@pytest.mark.parametrize("n, field", [(0, "cr0"), (2, "cr2"), (3, "cr3"), (4, "cr4")])
+@pytest.mark.parametrize("n, field", [(0, "cr0"), (2, "cr2"), (3, "cr3"), (4, "cr4")])   # (ET set: CR0 forces it)
 def test_set_control_register_writes_the_named_field_and_control_register_reads_it(n, field):
     v = VirtualCpu()
     others = {f: getattr(v, f) for f in ("cr0", "cr2", "cr3", "cr4") if f != field}
-    v.set_control_register(n, 0xCAFE0000 + n)
-    assert getattr(v, field) == 0xCAFE0000 + n
-    assert v.control_register(n) == 0xCAFE0000 + n
+    v.set_control_register(n, 0xCAFE0010 + n)
+    assert getattr(v, field) == 0xCAFE0010 + n
+    assert v.control_register(n) == 0xCAFE0010 + n
     assert {f: getattr(v, f) for f in others} == others
+
+
+def test_cr0_et_reads_1_whatever_is_written():
+    """ET is hardwired on every CPU since the 486 DX; QEMU's cpu_x86_update_cr0 forces it."""
+    v = VirtualCpu()
+    v.set_control_register(0, 0x80010001)
+    assert v.control_register(0) == 0x80010011
 
 
 def test_control_register_reads_each_field_not_a_copy_taken_earlier():

@@ -33,9 +33,12 @@
  *   STOP_ALIGN     the block holds a legacy SSE instruction whose 16-byte memory operand
  *                  must be aligned, and CR4.OSFXSR is set (``cr4_at``): QEMU 7.2 raises #GP
  *                  for a misaligned one, the QEMU 5.0 inside Unicorn does not, so Python
- *                  runs the block up to it and checks its address (``align_pass``: the
+ *                  runs the block up to it and checks its address (``pass_at``: the
  *                  one block start that may run once without this stop, the instruction
- *                  Python found aligned).
+ *                  Python found aligned);
+ *   STOP_WATCH     the block holds an instruction the monitor watches (``watch``: hvm's
+ *                  invlpg, far jmp/call, iret), which Python runs up to and shows the
+ *                  monitor, or lets through once (``pass_at``).
  *
  * It is compiled by the package's install step (setup.py) and loaded with ctypes by
  * blockhook.py. It needs no Unicorn header and links against nothing: the library
@@ -67,9 +70,11 @@ struct entry {
 #define HAS_IO   2
 #define ALIGN_KNOWN 4     /* flags: HAS_ALIGNED says whether it holds an SSE op that needs alignment */
 #define HAS_ALIGNED 8
+#define WATCH_KNOWN 16    /* flags: HAS_WATCHED says whether it holds an instruction the monitor watches */
+#define HAS_WATCHED 32
 
 enum { STOP_NONE = 0, STOP_DEADLINE = 1, STOP_WINDOW = 2, STOP_UNKNOWN = 3, STOP_CROSSING = 4,
-       STOP_IO = 5, STOP_NMI = 6, STOP_ALIGN = 7 };
+       STOP_IO = 5, STOP_NMI = 6, STOP_ALIGN = 7, STOP_WATCH = 8 };
 
 /* Shared with Python (ctypes.Structure _Record in blockhook.py): keep both in step. */
 struct record {
@@ -120,7 +125,8 @@ struct record {
     volatile int32_t nmi_armed; /* stop at the first block where NMIs are no longer blocked */
     const volatile uint32_t *hflags2_at;  /* QEMU's env->hflags2 (HF2_NMI_MASK), for nmi_armed */
     const volatile uint32_t *cr4_at;  /* QEMU's env->cr[4] (low half), or NULL: no alignment stops */
-    uint64_t align_pass;        /* the block start that runs once without STOP_ALIGN; ~0: none */
+    uint64_t pass_at;           /* the block start that runs once without STOP_ALIGN or STOP_WATCH; ~0: none */
+    int32_t watch;              /* 1: stop before a block with HAS_WATCHED (the monitor's instructions) */
     struct entry cache[CACHE_SIZE];
 };
 
@@ -203,7 +209,8 @@ void hv_block(void *uc, uint64_t address, uint32_t size, void *user_data)
             && *r->invalidations_at == r->invalidations_seen
             && *r->flushes_at == r->flushes_seen
             && !io_guarded(r)
-            && (!align_guarded(r) || (e->flags & (ALIGN_KNOWN | HAS_ALIGNED)) == ALIGN_KNOWN), 1)) {
+            && (!align_guarded(r) || (e->flags & (ALIGN_KNOWN | HAS_ALIGNED)) == ALIGN_KNOWN)
+            && (!r->watch || (e->flags & (WATCH_KNOWN | HAS_WATCHED)) == WATCH_KNOWN), 1)) {
         r->counter = next;
         r->block_address = address;
         r->block_size = size;
@@ -216,7 +223,7 @@ void hv_block(void *uc, uint64_t address, uint32_t size, void *user_data)
 static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct record *r)
 {
     struct entry *e;
-    int guard, aligned, smc;
+    int guard, aligned, watched, smc;
 
     if (r->after_fault) {
         r->after_fault = 0;
@@ -263,13 +270,14 @@ static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct reco
         wipe(r);
     }
     guard = io_guarded(r);
-    aligned = align_guarded(r) && address != r->align_pass;
-    r->align_pass = ~(uint64_t)0;
+    aligned = align_guarded(r) && address != r->pass_at;
+    watched = r->watch && address != r->pass_at;
+    r->pass_at = ~(uint64_t)0;
     e = &r->cache[slot(address, size)];
     if (e->address != address || e->size != size) {
         struct uc_tb tb;
         r->misses++;
-        if (!guard && !aligned && r->ctl(uc, r->ctl_request_cache, address, &tb) == 0 && tb.pc == address
+        if (!guard && !aligned && !watched && r->ctl(uc, r->ctl_request_cache, address, &tb) == 0 && tb.pc == address
                 && tb.size == size && tb.icount != 0) {
             e->icount = tb.icount;
             e->flags = 0;
@@ -297,6 +305,16 @@ static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct reco
         }
         if (e->flags & HAS_ALIGNED) {
             stop_before(uc, r, STOP_ALIGN, address, size, e);
+            return;
+        }
+    }
+    if (watched) {
+        if (!(e->flags & WATCH_KNOWN) && !learn(r, e, address, size)) {
+            stop_before(uc, r, STOP_UNKNOWN, address, size, e);
+            return;
+        }
+        if (e->flags & HAS_WATCHED) {
+            stop_before(uc, r, STOP_WATCH, address, size, e);
             return;
         }
     }

@@ -54,9 +54,9 @@ EFLAGS_IF = 1 << 9
 EXTENSION = "hypervisor.machine.native._blockhook"     # setup.py builds blockhook.c under this name
 CALLBACK = "hv_block"
 CACHE_SIZE = 4096                                      # blockhook.c's CACHE_SIZE
-STOP_NONE, STOP_DEADLINE, STOP_WINDOW, STOP_UNKNOWN, STOP_CROSSING, STOP_IO, STOP_NMI, STOP_ALIGN = range(8)
-IO_KNOWN, HAS_IO, ALIGN_KNOWN, HAS_ALIGNED = 1, 2, 4, 8    # a cache entry's flags (blockhook.c)
-NO_PASS = (1 << 64) - 1                                # align_pass: no block start is let through
+STOP_NONE, STOP_DEADLINE, STOP_WINDOW, STOP_UNKNOWN, STOP_CROSSING, STOP_IO, STOP_NMI, STOP_ALIGN, STOP_WATCH = range(9)
+IO_KNOWN, HAS_IO, ALIGN_KNOWN, HAS_ALIGNED, WATCH_KNOWN, HAS_WATCHED = 1, 2, 4, 8, 16, 32   # entry flags (blockhook.c)
+NO_PASS = (1 << 64) - 1                                # pass_at: no block start is let through
 # uc_ctl's code for "request the translated block at an address" (unicorn.h: UC_CTL_READ_WRITE(.., 2)).
 CTL_REQUEST_CACHE = U.UC_CTL_TB_REQUEST_CACHE | (2 << 26) | (U.UC_CTL_IO_READ_WRITE << 30)
 
@@ -106,7 +106,8 @@ class _Record(ctypes.Structure):
         ("nmi_armed", ctypes.c_int32),
         ("hflags2_at", ctypes.c_void_p),
         ("cr4_at", ctypes.c_void_p),
-        ("align_pass", ctypes.c_uint64),
+        ("pass_at", ctypes.c_uint64),
+        ("watch", ctypes.c_int32),
         ("cache", _Entry * CACHE_SIZE),
     ]
 
@@ -158,7 +159,7 @@ class BlockHook:
 
     def __init__(self, cpu, callback: NativeCallback, counting: bool):
         self.record = r = _Record(eflags_regid=X.UC_X86_REG_EFLAGS, ctl_request_cache=CTL_REQUEST_CACHE,
-                                  counting=int(counting), align_pass=NO_PASS)
+                                  counting=int(counting), pass_at=NO_PASS)
         r.reg_read = ctypes.cast(libunicorn.uc_reg_read, ctypes.c_void_p).value
         r.emu_stop = ctypes.cast(libunicorn.uc_emu_stop, ctypes.c_void_p).value
         r.ctl = ctypes.cast(libunicorn.uc_ctl, ctypes.c_void_p).value

@@ -1,4 +1,5 @@
-/* tlbfill.c - the TLB fill for a guest running with paging off: stores at full speed.
+/* tlbfill.c - the TLB fill: stores at full speed with paging off, and the MMU of the
+ * techniques that virtualize memory (trap's shadow, hvm's two-dimensional walk with EPT).
  *
  * Since Unicorn 2.1.2 (a fix for self-modifying code), notdirty_write in
  * qemu/accel/tcg/cputlb.c marks a TLB entry "dirty" - which lets the translated code
@@ -33,6 +34,29 @@
  * restarts (hypervisor/machine/native/tlbfill.py). A CR0 write that changes PG flushes
  * the TLB, so the first access after it always comes here.
  *
+ * Two more modes make this callback the memory virtualization of the monitors that need
+ * one (hypervisor/memory/). Both walk the guest's own 32-bit page tables here, in C, on
+ * every TLB miss, as QEMU 7.2's mmu_translate does (hypervisor/memory/walker.py is the
+ * same walk in Python, and the reference the tests hold this one to): a not-present or
+ * forbidden entry refuses the fill and leaves the #PF's error code in the record; the
+ * accessed bit of a PDE is set as the walk passes it, the leaf's A (and D on a write) once
+ * the access is allowed; a page whose D is still clear is filled without write, so the
+ * first store comes back here to set it, exactly when the bare machine sets it.
+ *
+ *   SHADOW  (trap) the guest's CR0/CR3/CR4 are the virtual ones the monitor keeps (the real
+ *           CPU runs with paging off); the privilege of an access is the real CPL's (the
+ *           guest kernel runs in ring 1, a supervisor ring, its ring 3 in ring 3). The TLB
+ *           is the shadow: it maps guest-virtual to guest-physical pages, which Unicorn's
+ *           memory map turns into machine frames (the P2M). The monitor flushes it on every
+ *           CR3 load, invlpg and paging-mode change it emulates.
+ *   EPT     (hvm) the guest's CR0/CR3/CR4 are the real ones (it runs at its own ring 0 and
+ *           loads them itself); every guest-physical address the walk or the access itself
+ *           touches must also be allowed by the EPT (read, write, execute per guest frame),
+ *           or the fill is refused as an EPT violation with its qualification.
+ * Either way, a guest-physical address outside RAM that no device claims is refused as a
+ * bus error, never passed on: the monitor's own memory lies above 4 GiB, where PSE-36 could
+ * otherwise point a 4 MiB page.
+ *
  * Built by the package's install step (setup.py), loaded with ctypes; like the other
  * files here it needs no Unicorn header and links against nothing: the two library
  * functions it calls arrive as pointers, and the constants as fields.
@@ -49,9 +73,27 @@ struct uc_tlb_entry {           /* unicorn.h: struct uc_tlb_entry */
 };
 
 enum { PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4 };     /* uc_prot, fixed by Unicorn's ABI */
+enum { MODE_IDENTITY = 0, MODE_SHADOW = 1, MODE_EPT = 2 };
+/* Why the last fill was refused (struct fill.fault). */
+enum { FAULT_NONE = 0, FAULT_PF = 1, FAULT_EPT = 2, FAULT_BUS = 3, FAULT_UNSUPPORTED = 4 };
+enum { EPT_R = 1, EPT_W = 2, EPT_X = 4, EPT_MMIO = 8 };     /* struct fill.ept, per guest frame */
 
 #define CR0_PG (1u << 31)
+#define CR0_WP (1u << 16)
+#define CR4_PSE (1u << 4)
+#define CR4_PAE (1u << 5)
 #define PAGE_SHIFT 12
+#define PG_P 1u
+#define PG_RW 2u
+#define PG_US 4u
+#define PG_A 0x20u
+#define PG_D 0x40u
+#define PG_PS 0x80u
+#define PF_P 1u
+#define PF_W 2u
+#define PF_U 4u
+#define PF_RSVD 8u
+#define FOUR_GIB (1ull << 32)
 
 /* Shared with Python (ctypes.Structure _Fill in tlbfill.py): keep both in step. */
 struct fill {
@@ -63,22 +105,38 @@ struct fill {
     uint64_t code_pages;        /* pages whose first fetch set their "executed" bit */
     uc_reg_read_fn reg_read;
     uc_ctl_fn ctl;
-    uint8_t *executed;          /* one bit per 4 KiB page of the 4 GiB linear space */
+    uint8_t *executed;          /* one bit per 4 KiB page of the 4 GiB (physical) space */
+    /* -- the walking modes -- */
+    int32_t mode;               /* MODE_* */
+    int32_t write_type;         /* UC_MEM_WRITE */
+    const volatile uint32_t *hflags_at;  /* QEMU's env->hflags: the CPL in bits 0-1 */
+    const volatile uint32_t *cr0_at;     /* the guest's CR0, CR3, CR4 (low halves): the three */
+    const volatile uint32_t *cr3_at;     /* fields below (SHADOW) or QEMU's env->cr[] (EPT) */
+    const volatile uint32_t *cr4_at;
+    uint32_t cr0, cr3, cr4;     /* SHADOW: the virtual control registers, kept by the monitor */
+    uint32_t pfns;              /* guest RAM, in 4 KiB frames */
+    uint8_t *base;              /* the machine's memory (MachineMemory.base_address) */
+    const uint32_t *p2m;        /* pfn -> mfn, for the walk's own reads and A/D writes */
+    const uint8_t *ept;         /* EPT_* per frame of the 4 GiB guest-physical space: the EPT
+                                 * (EPT), or the frame table's write protection (SHADOW) */
+    uint32_t ept_frames;        /* entries in ``ept`` */
+    /* -- what a refused fill leaves for the monitor -- */
+    volatile int32_t fault;     /* FAULT_*; 0 when the last refusal was not this file's */
+    uint32_t error_code;        /* FAULT_PF: the #PF error code */
+    uint32_t qualification;     /* FAULT_EPT: the exit qualification's access and permission bits */
+    uint64_t guest_physical;    /* FAULT_EPT, FAULT_BUS: the guest-physical address */
+    uint64_t walks;             /* fills answered by a walk of the guest's tables (hidden faults) */
+    const uint8_t *tables_at;   /* QEMU's env->ldt, then tr and gdt (SegmentCache, 24 bytes each),
+                                 * or NULL: see implicit_supervisor */
+    uint64_t alias_base;        /* SHADOW: a store to a write-protected frame goes to alias_base +
+                                 * its guest-physical address, where the monitor's MMIO callback
+                                 * performs it and hears of it; 0: refused as an EPT violation */
 };
 
-/* uc_cb_tlbevent_t: bool (*)(uc_engine *uc, uint64_t vaddr, uc_mem_type type,
- *                            uc_tlb_entry *result, void *user_data) */
-bool hv_tlb_fill(void *uc, uint64_t vaddr, int type, struct uc_tlb_entry *entry, void *user_data)
+static inline void mark_executed(struct fill *f, void *uc, uint64_t paddr, int type)
 {
-    struct fill *f = user_data;
-    uint64_t cr0 = 0;
-    uint32_t page = (uint32_t)(vaddr >> PAGE_SHIFT) & 0xFFFFF;
+    uint32_t page = (uint32_t)(paddr >> PAGE_SHIFT) & 0xFFFFF;
     uint8_t bit = (uint8_t)(1u << (page & 7));
-
-    if (f->reg_read(uc, f->cr0_regid, &cr0) != 0 || (cr0 & CR0_PG)) {
-        f->paging = 1;          /* the CPU's walker must translate this: refuse, the monitor restarts */
-        return false;
-    }
     if (type == f->fetch_type && !(f->executed[page >> 3] & bit)) {
         f->executed[page >> 3] |= bit;
         f->code_pages++;
@@ -86,8 +144,243 @@ bool hv_tlb_fill(void *uc, uint64_t vaddr, int type, struct uc_tlb_entry *entry,
          * drop them all, so every entry of the page from now on has execute. */
         f->ctl(uc, f->flush_control);
     }
+}
+
+static inline int executed(const struct fill *f, uint64_t paddr)
+{
+    uint32_t page = (uint32_t)(paddr >> PAGE_SHIFT) & 0xFFFFF;
+    return f->executed[page >> 3] & (1u << (page & 7));
+}
+
+/* The host address of a 4-byte page-table entry at guest-physical ``gpa``, or 0 outside RAM. */
+static inline volatile uint32_t *entry_at(const struct fill *f, uint64_t gpa)
+{
+    uint64_t pfn = gpa >> PAGE_SHIFT;
+    if (pfn >= f->pfns)
+        return 0;
+    return (volatile uint32_t *)(f->base + ((uint64_t)f->p2m[pfn] << PAGE_SHIFT) + (gpa & 0xFFC));
+}
+
+static inline uint8_t ept_of(const struct fill *f, uint64_t gpa)
+{
+    uint64_t frame = gpa >> PAGE_SHIFT;
+    return frame < f->ept_frames ? f->ept[frame] : 0;
+}
+
+/* EPT: may the walk (or the access) touch ``gpa`` this way? Otherwise an EPT violation. */
+static int ept_allows(struct fill *f, uint64_t gpa, uint8_t need, int translation)
+{
+    uint8_t rights;
+    if (f->mode != MODE_EPT)
+        return 1;
+    rights = ept_of(f, gpa);
+    if ((rights & need) == need)
+        return 1;
+    f->fault = FAULT_EPT;
+    f->guest_physical = gpa;
+    /* SDM Table 28-7: bits 0-2 the access (read, write, fetch), 3-5 what the entry allows,
+     * bit 7 a guest-linear address is valid, bit 8 the access was its translation (1) or
+     * a walk of the guest's tables (0). */
+    f->qualification = (need & EPT_W ? 2u : need & EPT_X ? 4u : 1u) | ((uint32_t)(rights & 7) << 3)
+                       | (1u << 7) | (translation ? 1u << 8 : 0);
+    return 0;
+}
+
+static int page_fault(struct fill *f, uint32_t code, int write, int user)
+{
+    f->fault = FAULT_PF;
+    f->error_code = code | (write ? PF_W : 0) | (user ? PF_U : 0);
+    return 0;
+}
+
+/* Set ``bits`` in an entry, writing only when one of them was clear; the write is a store to
+ * guest memory, which the EPT must allow. */
+static int set_bits(struct fill *f, volatile uint32_t *at, uint64_t gpa, uint32_t entry, uint32_t bits)
+{
+    if (!(bits & ~entry))
+        return 1;
+    if (!ept_allows(f, gpa, EPT_W, 0))
+        return 0;
+    *at = entry | bits;
+    return 1;
+}
+
+/* Read the entry at ``gpa`` for the walk: 0 with the fault set when it cannot be. */
+static volatile uint32_t *walk_read(struct fill *f, uint64_t gpa)
+{
+    volatile uint32_t *at;
+    if (!ept_allows(f, gpa, EPT_R, 0))
+        return 0;
+    at = entry_at(f, gpa);
+    if (at == 0) {
+        f->fault = FAULT_BUS;
+        f->guest_physical = gpa;
+    }
+    return at;
+}
+
+/* Two-level 32-bit paging (SDM vol. 3, 4.3), as hypervisor/memory/walker.py: the guest-
+ * physical page of ``linear`` and whether the TLB may take writes; 0 with the fault set when
+ * the access is refused. */
+static int walk32(struct fill *f, uint32_t linear, int write, int user, uint64_t *gpa, int *writable)
+{
+    uint32_t cr0 = *f->cr0_at, cr4 = *f->cr4_at;
+    uint64_t pde_gpa = (*f->cr3_at & 0xFFFFF000u) + ((linear >> 20) & 0xFFC);
+    volatile uint32_t *pde_at = walk_read(f, pde_gpa), *leaf_at;
+    uint32_t pde, leaf, rights;
+    uint64_t leaf_gpa, frame;
+
+    if (pde_at == 0)
+        return 0;
+    pde = *pde_at;
+    if (!(pde & PG_P))
+        return page_fault(f, 0, write, user);
+    if ((pde & PG_PS) && (cr4 & CR4_PSE)) {
+        /* 4 MiB page. PSE-36: PDE bits 20:13 are physical-address bits 39:32; bit 21 is reserved. */
+        leaf_at = pde_at;
+        leaf_gpa = pde_gpa;
+        leaf = pde;
+        rights = pde;
+        if (pde & (1u << 21))
+            return page_fault(f, PF_RSVD, write, user);
+        frame = ((uint64_t)(pde & 0xFFC00000u) | ((uint64_t)(pde & 0x1FE000u) << 19))
+                + (linear & 0x3FF000u);
+    } else {
+        if (!set_bits(f, pde_at, pde_gpa, pde, PG_A))
+            return 0;
+        leaf_gpa = (pde & 0xFFFFF000u) + ((linear >> 10) & 0xFFC);
+        leaf_at = walk_read(f, leaf_gpa);
+        if (leaf_at == 0)
+            return 0;
+        leaf = *leaf_at;
+        if (!(leaf & PG_P))
+            return page_fault(f, 0, write, user);
+        rights = pde & leaf;
+        frame = leaf & 0xFFFFF000u;
+    }
+    if (user && !(rights & PG_US))
+        return page_fault(f, PF_P, write, user);
+    if (write && !(rights & PG_RW) && (user || (cr0 & CR0_WP)))
+        return page_fault(f, PF_P, write, user);
+    if (!set_bits(f, leaf_at, leaf_gpa, leaf, PG_A | (write ? PG_D : 0)))
+        return 0;
+    *gpa = frame;
+    /* Writes may go straight to memory only once D is set, and only where they are allowed. */
+    *writable = (write || (leaf & PG_D)) && ((rights & PG_RW) || (!user && !(cr0 & CR0_WP)));
+    return 1;
+}
+
+struct segment_cache {          /* QEMU's SegmentCache */
+    uint32_t selector;
+    uint32_t pad;
+    uint64_t base;
+    uint32_t limit;
+    uint32_t flags;
+};
+
+/* Is a CPL-3 access to this page one of the CPU's own supervisor accesses? The callback is not
+ * told QEMU's MMU index, which says so: a descriptor read for a segment load or a far
+ * transfer, a TSS read for a stack switch or a task switch, all at CPL 3, are made with the
+ * kernel's index, which the guest's U/S bits do not restrict. They all touch the GDT, the LDT
+ * or the TSS, so an access at CPL 3 to a page of one of those is walked as a supervisor one
+ * (README, known limits: so is an explicit user access to such a page). */
+static int implicit_supervisor(const struct fill *f, uint64_t page)
+{
+    const struct segment_cache *c = (const struct segment_cache *)f->tables_at;
+    int i;
+    if (c == 0)
+        return 0;
+    for (i = 0; i < 3; i++) {
+        uint64_t base = c[i].base, end = base + c[i].limit;
+        if (c[i].limit != 0 && page <= end && base < page + 4096)
+            return 1;
+    }
+    return 0;
+}
+
+/* SHADOW and EPT: translate ``vaddr`` through the guest's tables (when its paging is on),
+ * check the result against RAM and the EPT, and fill the entry. */
+static bool walk_fill(struct fill *f, void *uc, uint64_t vaddr, int type, struct uc_tlb_entry *entry)
+{
+    int write = type == f->write_type, fetch = type == f->fetch_type;
+    int user = (*f->hflags_at & 3) == 3 && !implicit_supervisor(f, vaddr);
+    int writable = 1;
+    uint64_t gpa = vaddr;
+    uint8_t need, rights;
+
+    f->fault = FAULT_NONE;
+    if (*f->cr0_at & CR0_PG) {
+        if (*f->cr4_at & CR4_PAE) {
+            f->fault = FAULT_UNSUPPORTED;       /* PAE: the monitor says so and ends the run */
+            return false;
+        }
+        f->walks++;
+        if (!walk32(f, (uint32_t)vaddr, write, user, &gpa, &writable))
+            return false;
+    }
+    need = write ? EPT_W : fetch ? EPT_X : EPT_R;
+    rights = f->ept != 0 ? ept_of(f, gpa)
+           : gpa >> PAGE_SHIFT < f->pfns ? (EPT_R | EPT_W | EPT_X)
+           : gpa < FOUR_GIB ? EPT_MMIO : 0;
+    if (rights & EPT_MMIO) {
+        /* A device's page (or nothing, where Unicorn then reports the access as native does). */
+        f->fills++;
+        entry->paddr = gpa;
+        entry->perms = PROT_READ | PROT_WRITE;
+        return true;
+    }
+    if (write && !(rights & EPT_W) && f->mode == MODE_SHADOW && f->alias_base != 0
+            && gpa >> PAGE_SHIFT < f->pfns) {
+        /* A frame the monitor shadows (a GDT): the store is the monitor's to perform. */
+        f->fills++;
+        entry->paddr = f->alias_base + gpa;
+        entry->perms = PROT_READ | PROT_WRITE;
+        return true;
+    }
+    if ((rights & need) != need) {
+        if (f->mode == MODE_EPT) {
+            ept_allows(f, gpa, need, 1);
+        } else {
+            f->fault = FAULT_BUS;               /* nothing there, or the monitor's own memory */
+            f->guest_physical = gpa;
+        }
+        return false;
+    }
+    if (!(rights & EPT_W))
+        writable = 0;
+    mark_executed(f, uc, gpa, type);
     f->fills++;
-    entry->paddr = vaddr & ~(uint64_t)0xFFF;
-    entry->perms = PROT_READ | PROT_WRITE | ((f->executed[page >> 3] & bit) ? PROT_EXEC : 0);
+    entry->paddr = gpa;
+    entry->perms = PROT_READ | (writable ? PROT_WRITE : 0)
+                   | ((rights & EPT_X) && executed(f, gpa) ? PROT_EXEC : 0);
+    return true;
+}
+
+/* uc_cb_tlbevent_t: bool (*)(uc_engine *uc, uint64_t vaddr, uc_mem_type type,
+ *                            uc_tlb_entry *result, void *user_data) */
+bool hv_tlb_fill(void *uc, uint64_t vaddr, int type, struct uc_tlb_entry *entry, void *user_data)
+{
+    struct fill *f = user_data;
+    uint64_t cr0 = 0;
+
+    if (vaddr >= FOUR_GIB) {
+        /* Only the CPU's own accesses reach here (a guest address has 32 bits): the monitor's
+         * descriptor tables, read by a segment load or an iret, and emu_start's own lookup of
+         * the code at its end address (hvsim's is far above 4 GiB), which asks for execute. */
+        f->fills++;
+        entry->paddr = vaddr;
+        entry->perms = PROT_READ | PROT_WRITE | PROT_EXEC;
+        return true;
+    }
+    if (f->mode != MODE_IDENTITY)
+        return walk_fill(f, uc, vaddr, type, entry);
+    if (f->reg_read(uc, f->cr0_regid, &cr0) != 0 || (cr0 & CR0_PG)) {
+        f->paging = 1;          /* the CPU's walker must translate this: refuse, the monitor restarts */
+        return false;
+    }
+    mark_executed(f, uc, vaddr, type);
+    f->fills++;
+    entry->paddr = vaddr;
+    entry->perms = PROT_READ | PROT_WRITE | (executed(f, vaddr) ? PROT_EXEC : 0);
     return true;
 }

@@ -23,6 +23,14 @@ translate (page tables, accessed/dirty bits, #PF):
 
 Switching walkers flushes the TLB (an entry made by one is never used by the other).
 
+A technique that virtualizes memory makes the callback its MMU instead
+(hypervisor/memory/): ``use_shadow`` (trap: the guest's tables walked in C against the
+virtual CR0/CR3/CR4 the monitor keeps) or ``use_ept`` (hvm: the guest's own registers, and
+an EPT every guest-physical access must pass). The callback stays the walker for good then.
+A fill it refuses ends ``emu_start`` with EIP on the instruction and nothing of it done;
+``after_run`` turns the refusal into a ``TranslationFault`` for the monitor: a #PF to
+reflect, an EPT violation, or a bus error (a page outside RAM).
+
 Without the C library (no compiler at install time) the CPU keeps its own walker: every
 guest store runs slowly, exactly as before, after a one-line warning. The environment
 variable ``HVSIM_TLB=cpu`` (or ``TlbFill(cpu, native=False)``) keeps the walker with the
@@ -39,6 +47,11 @@ from unicorn import UC_ERR_EXCEPTION, UC_HOOK_TLB_FILL, UC_MEM_FETCH
 from unicorn import unicorn_const as U
 from unicorn import x86_const as X
 
+from dataclasses import dataclass
+from functools import lru_cache
+
+from unicorn import UC_MEM_WRITE
+
 from .loader import libunicorn as _uc, load_callback, uc_hook_add, uc_reg_read_address, why_not
 
 EXTENSION = "hypervisor.machine.native._tlbfill"      # setup.py builds tlbfill.c under this name
@@ -49,6 +62,11 @@ PAGES = 1 << 20                                        # 4 KiB pages in the 4 Gi
 CTL_TLB_FLUSH = U.UC_CTL_TLB_FLUSH | (0 << 26) | (U.UC_CTL_IO_WRITE << 30)
 CTL_TLB_TYPE = U.UC_CTL_TLB_TYPE | (1 << 26) | (U.UC_CTL_IO_WRITE << 30)
 TLB_CPU, TLB_VIRTUAL = U.UC_TLB_CPU, U.UC_TLB_VIRTUAL
+MODE_IDENTITY, MODE_SHADOW, MODE_EPT = 0, 1, 2                      # tlbfill.c's MODE_*
+FAULT_NONE, FAULT_PF, FAULT_EPT, FAULT_BUS, FAULT_UNSUPPORTED = 0, 1, 2, 3, 4
+EPT_R, EPT_W, EPT_X, EPT_MMIO = 1, 2, 4, 8                          # per-frame rights (tlbfill.c)
+EPT_RWX = EPT_R | EPT_W | EPT_X
+FRAMES_4G = 1 << 20                                                 # 4 KiB frames below 4 GiB
 
 _warned = False
 
@@ -65,7 +83,43 @@ class _Fill(ctypes.Structure):
         ("reg_read", ctypes.c_void_p),
         ("ctl", ctypes.c_void_p),
         ("executed", ctypes.c_void_p),
+        ("mode", ctypes.c_int32),
+        ("write_type", ctypes.c_int32),
+        ("hflags_at", ctypes.c_void_p),
+        ("cr0_at", ctypes.c_void_p),
+        ("cr3_at", ctypes.c_void_p),
+        ("cr4_at", ctypes.c_void_p),
+        ("cr0", ctypes.c_uint32),
+        ("cr3", ctypes.c_uint32),
+        ("cr4", ctypes.c_uint32),
+        ("pfns", ctypes.c_uint32),
+        ("base", ctypes.c_void_p),
+        ("p2m", ctypes.c_void_p),
+        ("ept", ctypes.c_void_p),
+        ("ept_frames", ctypes.c_uint32),
+        ("fault", ctypes.c_int32),
+        ("error_code", ctypes.c_uint32),
+        ("qualification", ctypes.c_uint32),
+        ("guest_physical", ctypes.c_uint64),
+        ("walks", ctypes.c_uint64),
+        ("tables_at", ctypes.c_void_p),
+        ("alias_base", ctypes.c_uint64),
     ]
+
+
+@dataclass(frozen=True)
+class TranslationFault:
+    """Why the C fill refused a translation (the run ended with EIP on the instruction).
+
+    ``kind``: FAULT_PF (the guest's own page fault: ``linear`` is its CR2, ``error_code`` the
+    code the CPU pushes), FAULT_EPT (hvm: an EPT violation at ``guest_physical``, with the
+    exit qualification's access and permission bits), FAULT_BUS (a page-table entry or the
+    page itself outside RAM and every device), FAULT_UNSUPPORTED (PAE paging)."""
+    kind: int
+    linear: int
+    error_code: int = 0
+    qualification: int = 0
+    guest_physical: int | None = None
 
 
 def native_fill():
@@ -91,6 +145,7 @@ class TlbFill:
 
     def __init__(self, cpu, native: bool | None = None):
         self._cpu = cpu
+        self._rights = None                  # the per-frame rights of a walking mode (EPT_*)
         self.virtual = False                 # the C fill is the CPU's walker now
         self.switches = 0                    # walker changes so far (tests, benchmarks)
         if native is None and os.environ.get("HVSIM_TLB", "").lower() == "cpu":
@@ -104,7 +159,8 @@ class TlbFill:
                 _warn_once(why_not(EXTENSION) or "not loaded")
             return
         self._executed = (ctypes.c_uint8 * (PAGES // 8))()
-        self._fill = f = _Fill(cr0_regid=X.UC_X86_REG_CR0, fetch_type=UC_MEM_FETCH, flush_control=CTL_TLB_FLUSH)
+        self._fill = f = _Fill(cr0_regid=X.UC_X86_REG_CR0, fetch_type=UC_MEM_FETCH, flush_control=CTL_TLB_FLUSH,
+                               write_type=UC_MEM_WRITE)
         f.reg_read = uc_reg_read_address()
         f.ctl = ctypes.cast(_uc.uc_ctl, ctypes.c_void_p).value
         f.executed = ctypes.addressof(self._executed)
@@ -115,11 +171,95 @@ class TlbFill:
         if not cpu.read(X.UC_X86_REG_CR0) & CR0_PG:
             self._use(TLB_VIRTUAL)
 
+    # -- a technique's MMU ---------------------------------------------------------------
+    def use_shadow(self, memory, hflags_address: int, cr0: int, cr3: int, cr4: int, alias_base: int) -> None:
+        """From now on walk the guest's tables here against the virtual CR0/CR3/CR4 the monitor
+        keeps (``set_registers``), for a guest whose real CPU runs with paging off (trap).
+        ``memory``: the guest's RAM (its P2M), ``hflags_address``: where QEMU keeps the CPL;
+        a store to a frame ``protect``ed goes to ``alias_base`` + its guest-physical address."""
+        self._walk_over(memory, hflags_address)
+        rights = (ctypes.c_uint8 * FRAMES_4G)()
+        ctypes.memset(rights, EPT_MMIO, FRAMES_4G)          # not RAM: a device, or nothing
+        ctypes.memset(rights, EPT_RWX, min(len(memory.p2m), FRAMES_4G))
+        self._rights = rights
+        f = self._fill
+        f.ept, f.ept_frames, f.alias_base = ctypes.addressof(rights), FRAMES_4G, alias_base
+        base = ctypes.addressof(f)
+        f.cr0_at, f.cr3_at, f.cr4_at = (base + getattr(_Fill, name).offset for name in ("cr0", "cr3", "cr4"))
+        f.cr0, f.cr3, f.cr4 = cr0 & 0xFFFFFFFF, cr3 & 0xFFFFFFFF, cr4 & 0xFFFFFFFF
+        self._set_mode(MODE_SHADOW)
+
+    def use_ept(self, memory, hflags_address: int, env_cr0: int, env_cr3: int, env_cr4: int, rights) -> None:
+        """From now on walk the guest's tables here against its own (real) CR0/CR3/CR4 at these
+        addresses in QEMU's CPU state, every guest-physical access checked against ``rights``
+        (a ctypes byte array, EPT_* per guest frame: the EPT), for hvm."""
+        self._walk_over(memory, hflags_address)
+        f = self._fill
+        f.cr0_at, f.cr3_at, f.cr4_at = env_cr0, env_cr3, env_cr4
+        self._rights = rights
+        f.ept, f.ept_frames = ctypes.addressof(rights), len(rights)
+        self._set_mode(MODE_EPT)
+
+    def _walk_over(self, memory, hflags_address: int) -> None:
+        if not self.native:
+            raise OSError(f"the C TLB fill is needed to virtualize memory: {why_not(EXTENSION) or 'not loaded'}")
+        f = self._fill
+        f.tables_at = self._cpu.descriptor_tables_address()
+        self._p2m = (ctypes.c_uint32 * len(memory.p2m))(*memory.p2m)
+        f.p2m, f.pfns, f.base = ctypes.addressof(self._p2m), len(memory.p2m), memory.machine.base_address
+        f.hflags_at = hflags_address
+
+    def _set_mode(self, mode: int) -> None:
+        self._fill.mode = mode
+        self._fill.paging = 0
+        if not self.virtual:
+            self._use(TLB_VIRTUAL)
+        self.flush()
+
+    def protect(self, pfn: int, on: bool) -> None:
+        """SHADOW: stores to guest frame ``pfn`` go to the alias (the monitor performs them) while
+        ``on``; they go straight to RAM again when not."""
+        rights = self._rights
+        rights[pfn] = (rights[pfn] & ~EPT_W) if on else (rights[pfn] | EPT_W)
+        self.flush()
+
+    @property
+    def guest_paging(self) -> bool:
+        """A walking mode, with the guest's paging on."""
+        f = self._fill
+        return bool(self.native and f.mode != MODE_IDENTITY and f.cr0_at
+                    and ctypes.c_uint32.from_address(f.cr0_at).value & CR0_PG)
+
+    @property
+    def mode(self) -> int:
+        return self._fill.mode if self.native else MODE_IDENTITY
+
+    def set_registers(self, cr0: int, cr3: int, cr4: int) -> None:
+        """The virtual control registers changed (trap emulated a mov to CR0/CR3/CR4): a TLB
+        entry made under the old ones must not be used (as the CPU flushes its TLB there)."""
+        f = self._fill
+        f.cr0, f.cr3, f.cr4 = cr0 & 0xFFFFFFFF, cr3 & 0xFFFFFFFF, cr4 & 0xFFFFFFFF
+        self.flush()
+
+    def flush(self) -> None:
+        """Drop every TLB entry (a CR3 load, invlpg: the shadow is rebuilt by later fills)."""
+        err = _uc.uc_ctl(self._cpu.uc._uch, CTL_TLB_FLUSH)
+        if err:
+            raise OSError(f"uc_ctl(TLB flush) failed: {_uc.uc_strerror(err).decode()}")
+
+    @property
+    def walks(self) -> int:
+        """Fills answered by a walk of the guest's tables: the hidden (shadow) faults so far."""
+        return self._fill.walks if self.native else 0
+
     # -- the slice loop's side -------------------------------------------------------------
-    def after_run(self, error: Exception | None) -> bool:
+    def after_run(self, error: Exception | None) -> "bool | TranslationFault":
         """Called after every ``emu_start``: True when it failed only because the guest turned
-        paging on under the C fill; the walker is the CPU's now, and the caller runs again
-        from EIP. Otherwise (False) it returns to the C fill if paging is off again."""
+        paging on under the identity fill; the walker is the CPU's now, and the caller runs
+        again from EIP. A ``TranslationFault`` when a walking mode refused a fill (EIP on the
+        instruction). Otherwise (False) it returns to the C fill if paging is off again."""
+        if self.native and self._fill.mode != MODE_IDENTITY:
+            return self._refused(error)
         if self.virtual:
             if error is None or not self._fill.paging:
                 return False
@@ -129,6 +269,14 @@ class TlbFill:
         if self.native and not self._cpu.read(X.UC_X86_REG_CR0) & CR0_PG:
             self._use(TLB_VIRTUAL)
         return False
+
+    def _refused(self, error: Exception | None) -> "bool | TranslationFault":
+        f = self._fill
+        kind, f.fault = f.fault, FAULT_NONE
+        if error is None or kind == FAULT_NONE or getattr(error, "errno", None) != UC_ERR_EXCEPTION:
+            return False
+        return TranslationFault(kind, self._cpu.invalid_address(), f.error_code, f.qualification,
+                                f.guest_physical if kind in (FAULT_EPT, FAULT_BUS) else None)
 
     def _use(self, mode: int) -> None:
         handle = self._cpu.uc._uch

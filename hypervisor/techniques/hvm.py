@@ -1,0 +1,230 @@
+"""Hardware-assisted virtualization, modelled on Intel VT-x: the third answer to x86.
+
+Trap-and-emulate fails on x86 because a deprivileged kernel can *see* that it is
+deprivileged: seventeen sensitive instructions do not trap (hypervisor/vmm/vmcs.py tells the
+story). VT-x stops deprivileging. The guest kernel keeps ring 0 in *VMX non-root operation*,
+so ``pushf``, ``sgdt``, ``smsw`` and ``mov ax, cs`` show it exactly what the bare machine
+would, and a VMCS, not the ring, decides what leaves the guest. So under ``hvm`` every guest
+runs as under ``native`` (Unicorn executes it at its own ring 0, with its own GDT, IDT and
+control registers) and what differs is the accounting of what would exit, and memory:
+
+* **The VMCS** (``vmm/vmcs.py``) holds the controls in force, set here as KVM sets them for
+  an EPT guest: external interrupts and NMIs exit (the monitor owns the PIC and APICs and
+  injects through the VM-entry interruption-information field); HLT exits; every port
+  exits (every device is the monitor's model: both I/O bitmaps all ones); CPUID always
+  exits; interrupt-window exiting is set while an interrupt waits for IF; the exception
+  bitmap has only #MC, so the guest's own faults are delivered by the (virtual) hardware
+  through its IDT without an exit. ``--json`` prints the controls; ``--trace`` each exit
+  with its SDM reason number and its qualification in the SDM's layout.
+* **EPT** (``memory/ept.py``): guest-physical to machine under the monitor's control. The
+  guest's own page tables and CR3 are walked in the C TLB fill, and every guest-physical
+  access, the walk's included, is checked against the EPT's rights. An access to a page a
+  device decodes is an EPT violation in VT-x terms (the MMIO exit, traced as one, with its
+  qualification); an access to memory that is not the guest's is an EPT violation that ends
+  the run; a write to a page write-protected for dirty logging is an EPT violation the
+  monitor absorbs (``Ept.start_dirty_log``).
+
+What is not modelled: exits on CR accesses, INVLPG and RDTSC (their controls exist in the
+VMCS but are off, as for an EPT guest; Unicorn runs those instructions without a hook), and
+RDMSR/WRMSR exits (Unicorn runs them itself; the MSR bitmaps are all zeros, so the MSRs
+they cover would not exit anyway, and the rest would, which is not modelled).
+"""
+from __future__ import annotations
+
+from unicorn import UC_HOOK_INSN
+from unicorn.x86_const import UC_X86_INS_CPUID
+
+from ..machine.cpu import EFLAGS, EIP, TR
+from ..machine.faults import BusError, GuestFault
+from ..machine.taskswitch import NewTaskFault, is_task_target, switch_by_instruction
+from ..machine.native.tlbfill import FAULT_EPT
+from ..memory.ept import Ept
+from ..vmm.decode import Imm, Instruction, Mem
+from ..vmm.exits import Exit, ExitReason
+from ..vmm.monitor import Event, EventKind
+from ..vmm.vmcs import (ExitInfo, MC, Vmcs, decode_ept_violation, describe, ept_violation_qualification,
+                        io_qualification)
+from .native import Native
+
+_STRING_IO = frozenset({"insb", "insw", "insd", "outsb", "outsw", "outsd"})
+_WATCHED = frozenset({"invlpg", "ljmp", "lcall", "jmp far", "call far", "iret", "iretd"})
+EFLAGS_NT = 1 << 14
+# Task-switch exit qualification (SDM Table 27-2): the source in bits 31:30.
+_SWITCH_SOURCE = {"call": 0, "iret": 1, "jmp": 2}
+
+
+class Hvm(Native):
+    name = "hvm"
+    description = "hardware-assisted (VT-x model): the guest keeps ring 0, a VMCS decides what exits, EPT maps its memory"
+    mmio_exit = ExitReason.EPT_VIOLATION
+    every_exception_exits = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vmcs = Vmcs()
+        c = self.vmcs.controls
+        c.external_interrupt_exiting = c.nmi_exiting = c.virtual_nmis = True
+        c.hlt_exiting = True
+        c.use_io_bitmaps = True
+        c.set_io_exiting(0, 0x10000)
+        c.use_msr_bitmaps = True
+        c.activate_secondary_controls = c.enable_ept = c.unrestricted_guest = True
+        c.exception_bitmap = 1 << MC
+        pc = self.pc
+        self.ept = Ept(pc.memory.size >> 12)
+        for base, size, *_ in pc.mmio.ranges():
+            self.ept.map_mmio(base, size)
+        self.handlers[ExitReason.EPT_VIOLATION] = self.handle_ept_violation
+        self.handlers[ExitReason.INVLPG] = self.handle_invlpg
+        self.handlers[ExitReason.TASK_SWITCH] = self.handle_task_switch
+        # INVLPG exits: the fill hands Unicorn 4 KiB entries only, so an invlpg in a 4 MiB page
+        # must drop them all, which only the monitor can do. Task switches: Unicorn's own
+        # switch loses the new task's EIP when a TLB fill happens inside it (the fill restores
+        # EIP to the instruction), so the machine's switch (machine/taskswitch.py) makes them.
+        c.invlpg_exiting = True
+        self.cpu.watch_instructions(_WATCHED, self._watch)
+        self.cpu.uc.hook_add(UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, UC_X86_INS_CPUID)
+
+    def boot(self) -> None:
+        super().boot()
+        cpu, pc = self.cpu, self.pc
+        pc.tlb.use_ept(pc.memory, cpu.hflags_address, cpu.control_register_address(0),
+                       cpu.control_register_address(3), cpu.control_register_address(4), self.ept.rights)
+        self.ept.on_change = pc.tlb.flush
+
+    def details(self) -> dict:
+        return {"vmcs": self.vmcs.controls.as_json()}
+
+    # -- what exits ---------------------------------------------------------------------------
+    def exception_exits(self, event: Event) -> bool:
+        if event.kind is EventKind.SOFTWARE:
+            return False                    # int n is delivered in the guest; only the bitmap's vectors exit
+        return self.vmcs.controls.exits_on_exception(event.vector, event.error_code)
+
+    def _hook_cpuid(self, uc, _) -> int:
+        """CPUID always exits under VT-x: counted and traced; the values are the CPU model's
+        (qemu32), as the monitor would return them."""
+        self.stats.add(ExitReason.CPUID)
+        if self.trace.enabled:
+            eip = self.cpu.read(EIP)
+            self.record(ExitReason.CPUID, eip, "cpuid", "CPUID exits unconditionally under VT-x; the monitor "
+                        "answers with the CPU model every technique shows", self.fetch(eip))
+        return 0                            # Unicorn then runs CPUID with the qemu32 model
+
+    def describe_io(self, port: int, size: int, read: bool, insn: Instruction | None) -> str:
+        string = insn is not None and insn.mnemonic.split()[-1] in _STRING_IO
+        rep = insn is not None and insn.mnemonic.startswith("rep")
+        immediate = insn is not None and any(isinstance(op, Imm) for op in insn.operands)
+        q = io_qualification(port, size, read, string, rep, immediate)
+        return f"qualification={q:#x} ({describe(ExitInfo(ExitReason.IO_INSTRUCTION, q))})"
+
+    def describe_mmio(self, address: int, size: int, write: bool) -> str:
+        q = ept_violation_qualification(read=not write, write=write, fetch=False, readable=False, writable=False,
+                                        executable=False, linear_valid=True, linear_is_translation=True)
+        info = ExitInfo(ExitReason.EPT_VIOLATION, q, guest_physical_address=address)
+        return f"qualification={q:#x} gpa={address:#x} size={size} ({describe(info)}: a device's page)"
+
+    # -- instructions that exit: invlpg, and the ones that switch tasks ---------------------------
+    def _watch(self, eip: int) -> bool:
+        """Does the instruction at ``eip`` exit (the CPU stopped before it)?"""
+        self.exit_began()
+        insn = self.fetch(eip)
+        if insn is None:
+            return False
+        source, selector = self._task_switch(insn)
+        if insn.mnemonic == "invlpg":
+            return True
+        if source == "iret":
+            return bool(self.cpu.read(EFLAGS) & EFLAGS_NT)
+        return selector is not None and is_task_target(self.delivery_view(), selector)
+
+    def _task_switch(self, insn: Instruction) -> tuple[str | None, int | None]:
+        """(jmp/call/iret, the selector it names) for an instruction that may switch tasks."""
+        name = insn.mnemonic.split()[-1]
+        if name in ("iret", "iretd"):
+            return "iret", None
+        source = {"ljmp": "jmp", "lcall": "call", "jmp": "jmp", "call": "call"}.get(name)
+        if source is None or not insn.operands:
+            return None, None
+        op = insn.operands[0]
+        if isinstance(op, Imm):
+            return source, op.value & 0xFFFF
+        if isinstance(op, Mem) and op.size == 6:
+            try:
+                return source, int.from_bytes(self.read_linear(self.effective_address(op) + 4, 2), "little")
+            except (GuestFault, BusError):
+                return None, None          # the CPU raises the fault itself
+        return None, None
+
+    def watched_exit(self, eip: int, length: int) -> Exit:
+        insn = self.fetch(eip)
+        if insn is not None and insn.mnemonic == "invlpg":
+            return Exit(ExitReason.INVLPG, eip, length)
+        return Exit(ExitReason.TASK_SWITCH, eip, length)
+
+    def handle_invlpg(self, exit: Exit) -> None:
+        """INVLPG exiting: drop the translations of the page (all of them: Unicorn's TLB is
+        flushed whole) and step over the instruction."""
+        insn = self.fetch(exit.eip)
+        address = self.effective_address(insn.operands[0]) if insn and insn.operands else 0
+        self.pc.tlb.flush()
+        self.cpu.write(EIP, (exit.eip + exit.length) & 0xFFFFFFFF)
+        self.record(ExitReason.INVLPG, exit.eip, "invlpg",
+                    "INVLPG exiting: the monitor drops the page's translations (the whole TLB)", insn,
+                    qualification=f"qualification={address:#x} (invlpg {address:#x})")
+
+    def handle_task_switch(self, exit: Exit) -> None:
+        """A far jmp or call to a TSS or task gate, or an iret with NT: VT-x exits on every task
+        switch (a task switch exit, SDM 25.4.2), and the monitor makes it."""
+        self.exit_began()
+        insn = self.fetch(exit.eip)
+        source, selector = self._task_switch(insn) if insn else (None, None)
+        view = self.delivery_view()
+        next_eip = (exit.eip + exit.length) & 0xFFFFFFFF
+        try:
+            switch_by_instruction(view, selector or 0, source or "iret", next_eip)
+        except NewTaskFault as e:
+            # Raised with the new task loaded, but QEMU's helper restores EIP to the switching
+            # instruction's before it raises: the frame has the new task's CS and stack, and
+            # the old EIP.
+            self._switch_recorded(exit, insn, source, selector)
+            self.cpu.write(EIP, exit.eip)
+            self.inject_fault(e.fault, exit.eip)
+            return
+        except GuestFault as fault:
+            self.cpu.write(EIP, exit.eip)
+            self.inject_fault(fault, exit.eip)
+            return
+        self._switch_recorded(exit, insn, source, selector)
+
+    def _switch_recorded(self, exit: Exit, insn, source: str | None, selector: int | None) -> None:
+        tr = self.cpu.segment_register(TR)[0]
+        q = tr | (_SWITCH_SOURCE.get(source or "iret", 1) << 30)
+        self.record(ExitReason.TASK_SWITCH, exit.eip, "task-switch",
+                    f"a {source} switches tasks: VT-x exits, and the monitor makes the switch", insn,
+                    qualification=f"qualification={q:#x} (TSS {tr:#x}, source {source})")
+
+    # -- EPT violations that are not a device's -------------------------------------------------
+    def translation_fault(self, fault, eip: int) -> Exit:
+        if fault.kind == FAULT_EPT:
+            return Exit(ExitReason.EPT_VIOLATION, eip, address=fault.guest_physical, linear=fault.linear,
+                        qualification=fault.qualification)
+        return super().translation_fault(fault, eip)
+
+    def handle_ept_violation(self, exit: Exit) -> None:
+        """The EPT refused an access (EIP on the instruction, nothing of it done): a write the
+        dirty log was waiting for is noted and the instruction runs again; anything else is
+        memory the guest does not own, and the run ends with the qualification."""
+        q = decode_ept_violation(exit.qualification or 0)
+        info = ExitInfo(ExitReason.EPT_VIOLATION, exit.qualification or 0, guest_linear_address=exit.linear,
+                        guest_physical_address=exit.address)
+        qualification = f"qualification={exit.qualification:#x} ({describe(info)})"
+        self.vmcs.record_exit(info)
+        if q.write and exit.address is not None and self.ept.write_fault(exit.address):
+            self.record(ExitReason.EPT_VIOLATION, exit.eip, "dirty-log",
+                        "the first write to a page since the dirty log started: noted, and the page made "
+                        "writable again", qualification=qualification)
+            return
+        self.record(ExitReason.EPT_VIOLATION, exit.eip, "crash",
+                    "the guest touched guest-physical memory its EPT does not map", qualification=qualification)
+        self.crash(f"EPT violation: {describe(info)} at EIP {exit.eip:#010x}")
