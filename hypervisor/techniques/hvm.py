@@ -104,11 +104,12 @@ class Hvm(Native):
     def _hook_cpuid(self, uc, _) -> int:
         """CPUID always exits under VT-x: counted and traced; the values are the CPU model's
         (qemu32), as the monitor would return them."""
-        self.stats.add(ExitReason.CPUID)
         if self.trace.enabled:
             eip = self.cpu.read(EIP)
             self.record(ExitReason.CPUID, eip, "cpuid", "CPUID exits unconditionally under VT-x; the monitor "
                         "answers with the CPU model every technique shows", self.fetch(eip))
+        else:
+            self.stats.add(ExitReason.CPUID)
         return 0                            # Unicorn then runs CPUID with the qemu32 model
 
     def describe_io(self, port: int, size: int, read: bool, insn: Instruction | None) -> str:

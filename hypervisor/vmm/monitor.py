@@ -195,6 +195,13 @@ class Monitor:
         """Guest memory by linear address, as the guest's CPU sees it (may raise GuestFault)."""
         raise NotImplementedError
 
+    def read_code(self, address: int, length: int) -> bytes:
+        """Guest code by linear address, for the CPU's decoder, which asks from inside a run: the
+        guest may have changed its paging since the monitor last looked (a ``mov cr0`` runs on
+        the CPU under native and hvm), so nothing read of its state before is trusted."""
+        self.exit_began()
+        return self.read_linear(address, length)
+
     def set_fault_address(self, cr2: int) -> None:
         """Record a #PF's linear address in the guest's CR2."""
 
@@ -296,7 +303,7 @@ class Monitor:
         self._slice_budget = budget
         self._slice_start_ns = pc.clock.now
         self._slice_end_ns = pc.clock.now + budget * NS_PER_INSTRUCTION
-        cpu.code_reader = self.read_linear       # how Cpu.executed decodes a block's start
+        cpu.code_reader = self.read_code         # how Cpu.executed decodes a block's start
         if not self.block_counting:
             cpu.count_every_instruction()
         pc.clock.run_slice(self._slice_ns)
@@ -584,8 +591,9 @@ class Monitor:
             self.record(ExitReason.TRIPLE_FAULT, event.return_eip, "crash", str(e))
             self.crash(f"{e} (EIP {self.cpu.read(EIP):#010x})")
             return
-        for note in notes:
-            self.record(ExitReason.EXCEPTION_NMI, event.return_eip, "escalate", note)
+        if self.every_exception_exits:     # (under hvm a fault met while delivering does not exit either)
+            for note in notes:
+                self.record(ExitReason.EXCEPTION_NMI, event.return_eip, "escalate", note)
         if delivered.cr2 is not None:
             self.set_fault_address(delivered.cr2)
         self.enter_handler(delivered.frame, delivered.handler_cpl)

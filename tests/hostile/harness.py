@@ -37,7 +37,7 @@ from tests.qemu import QEMU, run_qemu
 
 ROOT = Path(__file__).resolve().parents[2]
 GUESTS = Path(__file__).resolve().parent / "guests"
-TECHNIQUES = ("native", "trap")
+TECHNIQUES = ("native", "trap", "hvm")
 MAX_INSTRUCTIONS = 5_000_000       # every attack guest ends in a few thousand instructions
 TIMEOUT_S = 20.0                   # a run that takes longer is a hang, and fails its test
 PWNED_EXIT = 0x66                  # the exit code every escape payload ends with (hostile.S)

@@ -70,7 +70,7 @@ def test_hvsim_counting_count_forces_emu_start_count(monkeypatch):
     assert Cpu(tcg_buffer_mib=8).counting == "count"
 
 
-@pytest.mark.parametrize("technique", ["native", "trap"])
+@pytest.mark.parametrize("technique", ["native", "trap", "hvm"])
 @pytest.mark.parametrize("guest", GUESTS, ids=lambda p: p.name)
 def test_two_runs_of_a_guest_give_the_same_console_exits_count_time_and_trace(guest, technique, monkeypatch):
     monkeypatch.setenv("HVSIM_COUNTING", "block")
@@ -108,3 +108,17 @@ def test_a_store_into_the_running_block_is_counted_once_where_count_mode_counts_
     assert len(io_counts(block)) == len(io_counts(counted))
     assert all(b_eip == c_eip and b_count <= c_count for (b_eip, b_count), (c_eip, c_count) in pairs)
     assert 0 < counted["instructions"] - block["instructions"] < 50
+
+
+@needs_hook
+@pytest.mark.parametrize("guest", GUESTS + [ROOT / "tests" / "hostile" / "guests" / "map_monitor_window.S"],
+                         ids=lambda p: p.name)
+def test_hvm_retires_exactly_the_instructions_native_retires(guest, monkeypatch):
+    """hvm runs the guest at its own ring 0 on the same CPU: every instruction is the guest's,
+    and the count must not move when the block hook decodes blocks itself (hvm's watched
+    instructions). map_monitor_window caught the decoder reading code with paging registers
+    read before the guest turned paging on (Monitor.read_code)."""
+    monkeypatch.setenv("HVSIM_COUNTING", "block")
+    native, hvm = run(guest, "native"), run(guest, "hvm")
+    assert (hvm["console"], hvm["exit_code"], hvm["instructions"]) == \
+        (native["console"], native["exit_code"], native["instructions"])
