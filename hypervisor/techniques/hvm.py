@@ -34,7 +34,8 @@ from __future__ import annotations
 from unicorn import UC_HOOK_INSN
 from unicorn.x86_const import UC_X86_INS_CPUID
 
-from ..machine.cpu import EFLAGS, EIP, TR
+from ..machine.cpu import CR0, EFLAGS, EIP, TR
+from ..machine.interrupts import NMI
 from ..machine.faults import BusError, GuestFault
 from ..machine.taskswitch import NewTaskFault, is_task_target, switch_by_instruction
 from ..machine.native.tlbfill import FAULT_EPT
@@ -42,8 +43,8 @@ from ..memory.ept import Ept
 from ..vmm.decode import Imm, Instruction, Mem
 from ..vmm.exits import Exit, ExitReason
 from ..vmm.monitor import Event, EventKind
-from ..vmm.vmcs import (ExitInfo, MC, Vmcs, decode_ept_violation, describe, ept_violation_qualification,
-                        io_qualification)
+from ..vmm.vmcs import (ExitInfo, InterruptionType, MC, Vmcs, decode_ept_violation, describe,
+                        ept_violation_qualification, io_qualification)
 from .native import Native
 
 _STRING_IO = frozenset({"insb", "insw", "insd", "outsb", "outsw", "outsd"})
@@ -62,6 +63,7 @@ class Hvm(Native):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.vmcs = Vmcs()
+        self.injected = 0                      # VM entries that delivered an event
         c = self.vmcs.controls
         c.external_interrupt_exiting = c.nmi_exiting = c.virtual_nmis = True
         c.hlt_exiting = True
@@ -93,7 +95,22 @@ class Hvm(Native):
         self.ept.on_change = pc.tlb.flush
 
     def details(self) -> dict:
-        return {"vmcs": self.vmcs.controls.as_json()}
+        return {"vmcs": self.vmcs.controls.as_json(), "vm_entries_with_injection": self.injected}
+
+    # -- VM entry with event injection -----------------------------------------------------------
+    def inject(self, event: Event) -> None:
+        """An interrupt or NMI the monitor delivers after an exit goes in through the VM-entry
+        interruption-information field, with VM entry's checks (``Vmcs.inject``); the guest's own
+        faults, which did not exit, are delivered by the (virtual) CPU directly."""
+        if event.kind is EventKind.EXTERNAL:
+            vmcs = self.vmcs
+            vmcs.guest.cr0 = self.cpu.read(CR0)
+            vmcs.inject(event.vector, InterruptionType.NMI if event.vector == NMI else
+                        InterruptionType.EXTERNAL_INTERRUPT)
+            taken = vmcs.take_injection()          # the VM entry that follows
+            self.injected += 1
+            event = Event(taken.vector, EventKind.EXTERNAL, None, event.return_eip)
+        super().inject(event)
 
     # -- what exits ---------------------------------------------------------------------------
     def exception_exits(self, event: Event) -> bool:

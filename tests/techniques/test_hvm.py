@@ -104,6 +104,7 @@ def test_a_task_switch_exits_with_the_tss_selector_and_its_source():
 def test_external_interrupts_exit_and_guest_exceptions_do_not():
     timer = run_image(GUESTS / "timer.S", technique="hvm")
     assert timer.exits["external_interrupt"] == 5
+    assert timer.details["vm_entries_with_injection"] == 5        # each went in by VM-entry injection
     faults = run_image(GUESTS / "exceptions.S", technique="hvm")
     # #DE, #BP, #UD, #GP, #NP and int 0x80: delivered by the (virtual) CPU through the guest's
     # IDT; the exception bitmap holds only #MC.
