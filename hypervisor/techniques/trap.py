@@ -24,6 +24,12 @@ What the monitor arranges, and why each piece is needed for the deprivileging to
   the kernel's code is not present, so no jump reaches it without the monitor.
 * **The guest's GDT is write-protected** in the frame table: a write to it traps and
   the shadow follows the edit, so a stale shadow is never loaded by the CPU.
+* **Shadow LDT.** The same, for the LDT the guest loads with ``lldt``: the virtual LDTR
+  caches its descriptor, the real LDTR points at the monitor's checked copy (two views,
+  switched with the GDT's), and the LDT's frames are write-protected.
+* **Shadow paging.** The guest's page tables are only data: the C TLB fill walks them
+  against the virtual CR0/CR3/CR4 (hypervisor/memory/shadow.py), so the real CPU runs with
+  paging off and every translation it uses is one the monitor made.
 * **The monitor's memory is out of every guest ring's reach.** VMware's monitor and 32-bit
   Xen truncated the guest's segments below themselves; QEMU's CPU (and so Unicorn) does
   not check data-segment limits, so truncation protects nothing here. Instead the
@@ -54,7 +60,7 @@ from functools import lru_cache
 
 from ..errors import UnsupportedGuest
 from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, DS, ECX, EDX, EFLAGS, EFLAGS_IF, EFLAGS_IOPL, EIP, ES, ESP, FS,
-                           GDTR, GPR_BY_NAME, GS, IDTR, SS, TR)
+                           GDTR, GPR_BY_NAME, GS, IDTR, LDTR, SS, TR)
 from ..machine.descriptors import (CALL_GATE32, TSS32_AVAILABLE, Descriptor, decode_descriptor, encode_segment,
                                    unicorn_flags, with_dpl, with_present)
 from ..machine.faults import BusError, GuestFault
@@ -78,9 +84,11 @@ HIGH_MONITOR = 0x1_FFC0_0000
 LOW_MONITOR = 0xFFC00000
 KERNEL_GDT = 0x0                       # offsets in the monitor's memory: shadow GDT, kernel view
 USER_GDT = 0x10000                     # shadow GDT, view for rings 1-3 (64 KiB each: 8192 entries)
-MONITOR_IDT = 0x20000                  # what the real IDTR shows (never used: Unicorn never delivers)
-MONITOR_TSS = 0x21000                  # what TR shows (never used: the CPU never switches stacks here)
-MONITOR_SIZE = 0x22000
+KERNEL_LDT = 0x20000                   # shadow LDT, the same two views
+USER_LDT = 0x30000
+MONITOR_IDT = 0x40000                  # what the real IDTR shows (never used: Unicorn never delivers)
+MONITOR_TSS = 0x41000                  # what TR shows (never used: the CPU never switches stacks here)
+MONITOR_SIZE = 0x42000
 MON_TSS = 0xFFF8                       # TR's selector: no descriptor behind it (the CPU never reloads TR)
 GDT_LIMIT = 0xFFFF
 GUEST_ENTRIES = (GDT_LIMIT + 1) // 8
@@ -103,6 +111,7 @@ class _Unguarded:
     """Where no read hook guards the monitor's memory (it lies above 4 GiB), opening it is moot."""
     open = 0
 _DATA_SEGMENTS = (DS, ES, FS, GS)
+_LDT_FLAGS = unicorn_flags(decode_descriptor(encode_segment(0, 0xFFFF, 0x82, 0x0)))   # a present LDT, cached
 # The control-register bits that change only what the guest's own instructions do, and nothing
 # of the monitor's: the real CR0 and CR4 follow the virtual ones there (VT-x's bits outside the
 # guest/host mask), so x87 and SSE fault as the guest asked (#NM on TS, #UD on EM or without
@@ -190,6 +199,9 @@ class TrapAndEmulate(Monitor):
         above_4g = self.pc.tlb.native
         base = self.monitor_base = HIGH_MONITOR if above_4g else LOW_MONITOR
         self.kernel_gdt, self.user_gdt = base + KERNEL_GDT, base + USER_GDT
+        self.kernel_ldt, self.user_ldt = base + KERNEL_LDT, base + USER_LDT
+        self._ldt_source: bytes = b""            # the guest LDT bytes the shadow LDT was built from
+        self._ldt_frames: set[int] = set()
         self.monitor_memory = self.pc.map_monitor(base, MONITOR_SIZE)
         self.read_guard: ReadGuard | None = None
         if above_4g:
@@ -199,7 +211,7 @@ class TrapAndEmulate(Monitor):
             # segment registers); the rest reach _monitor_read.
             self.pc.on_monitor_write = self._guest_wrote_monitor
             self.read_guard = ReadGuard(self.cpu, base, base + MONITOR_SIZE - 1,
-                                        (self.kernel_gdt, self.user_gdt + GDT_LIMIT + 1), self._monitor_read,
+                                        (self.kernel_gdt, self.user_ldt + GDT_LIMIT + 1), self._monitor_read,
                                         self._monitor_read_failed)
             self._guard = self.read_guard.flags
         self.handlers[ExitReason.SYSTEM_CALL] = self.handle_system_call
@@ -232,9 +244,12 @@ class TrapAndEmulate(Monitor):
 
     # -- shadow descriptor tables -----------------------------------------------------------
     def guest_descriptor(self, selector: int) -> Descriptor:
+        """A descriptor the guest names, from its GDT or (TI set) the LDT its LDTR caches."""
+        v = self.vcpu
         if selector & 4:
-            raise DeliveryFault(GP, selector & 0xFFFC, "LDT selectors are not supported under trap yet")
-        return table_descriptor(self.read_linear, self.vcpu.gdt_base, self.vcpu.gdt_limit, selector)
+            return table_descriptor(self.read_linear, v.ldt_base, v.ldt_limit if v.ldtr & 0xFFFC else -1,
+                                    selector)
+        return table_descriptor(self.read_linear, v.gdt_base, v.gdt_limit, selector)
 
     def rebuild_shadow_gdt(self) -> None:
         """Copy the guest GDT into both shadow views, checking every entry (see the header)."""
@@ -259,13 +274,9 @@ class TrapAndEmulate(Monitor):
         """Write-protect the frames of the guest's GDT, so every edit reaches the shadow (the
         frames its linear pages map to, through the guest's page tables when paging is on)."""
         v = self.vcpu
-        frames = set()
-        if count:
-            first, last = v.gdt_base >> 12, (v.gdt_base + count * 8 - 1) >> 12
-            frames = {f for f in (self._frame_of(page << 12) for page in range(first, last + 1))
-                      if f is not None and self.pc.memory.contains(f << 12)}
-        self.pc.protect_frames(frames - self._gdt_frames, True)
-        self.pc.protect_frames(self._gdt_frames - frames, False)
+        frames = self._table_frames(v.gdt_base, count * 8)
+        self.pc.protect_frames(frames - self._gdt_frames - self._ldt_frames, True)
+        self.pc.protect_frames(self._gdt_frames - frames - self._ldt_frames, False)
         self._gdt_frames = frames
 
     def _frame_of(self, linear: int) -> int | None:
@@ -324,7 +335,7 @@ class TrapAndEmulate(Monitor):
         """
         eip = self.cpu.read(EIP)
         candidates = self._candidates(eip)
-        if self.kernel_gdt <= address < self.user_gdt + GDT_LIMIT + 1 and \
+        if self.kernel_gdt <= address < self.user_ldt + GDT_LIMIT + 1 and \
                 self._descriptor_read(candidates, address, size):
             return
         self.pc.request_stop(f"guest crash: the guest read the monitor's memory at {address:#010x} "
@@ -375,6 +386,11 @@ class TrapAndEmulate(Monitor):
     def handle_table_write(self, exit: Exit) -> None:
         """The CPU wrote a write-protected frame (the write has landed): the shadow follows.
         ``exit.address`` is guest-physical: with paging on, the GDT is compared whole."""
+        ldt = self._ldt_source
+        self.rebuild_shadow_ldt()
+        if ldt != self._ldt_source:
+            self.record(ExitReason.TABLE_WRITE, exit.eip, "ldt-write",
+                        "the guest wrote its LDT, which the monitor write-protects; the shadow LDT follows")
         if self.vcpu.cr0 & CR0_PG:
             source = self._shadow_source
             self.rebuild_shadow_gdt()
@@ -387,7 +403,53 @@ class TrapAndEmulate(Monitor):
                         "the guest wrote its GDT, which the monitor write-protects; the shadow GDT follows")
 
     def _select_gdt_view(self) -> None:
-        self.cpu.set_table_register(GDTR, self.kernel_gdt if self.vcpu.cpl == 0 else self.user_gdt, GDT_LIMIT)
+        kernel = self.vcpu.cpl == 0
+        self.cpu.set_table_register(GDTR, self.kernel_gdt if kernel else self.user_gdt, GDT_LIMIT)
+        v = self.vcpu
+        if v.ldtr & 0xFFFC:
+            self.cpu.set_segment_register(LDTR, v.ldtr, self.kernel_ldt if kernel else self.user_ldt,
+                                          v.ldt_limit, _LDT_FLAGS)
+        else:
+            self.cpu.set_segment_register(LDTR, v.ldtr, 0, 0, 0)
+
+    # -- the shadow LDT ----------------------------------------------------------------------
+    def load_ldt(self, selector: int, d: Descriptor | None) -> None:
+        """lldt: the virtual LDTR caches the descriptor (a later GDT edit does not move the LDT,
+        as on the CPU), and the real LDTR points at the monitor's checked copy of it."""
+        v = self.vcpu
+        v.ldtr = selector
+        v.ldt_base, v.ldt_limit = (d.base, d.limit) if d is not None else (0, 0)
+        self.rebuild_shadow_ldt()
+
+    def rebuild_shadow_ldt(self) -> None:
+        """Copy the guest LDT into both shadow views, as the GDT (``shadow_descriptor``), and
+        write-protect its frames so that every later edit reaches the copy."""
+        v = self.vcpu
+        count = min((v.ldt_limit + 1) // 8, GUEST_ENTRIES) if v.ldtr & 0xFFFC else 0
+        try:
+            raw = self.read_linear(v.ldt_base, count * 8) if count else b""
+        except (GuestFault, BusError):
+            raw = b""                 # an LDT outside RAM: every load through it faults, as it would
+        if raw != self._ldt_source:
+            entries = [e for (e,) in struct.iter_unpack("<Q", raw)]
+            for base, kernel in ((self.kernel_ldt, True), (self.user_ldt, False)):
+                table = struct.pack(f"<{len(entries)}Q", *(shadow_descriptor(e, kernel) for e in entries))
+                self._monitor_write(base, table + bytes(max(0, len(self._ldt_source) - len(table))))
+            self._ldt_source = raw
+        frames = self._table_frames(v.ldt_base, count * 8)
+        self.pc.protect_frames(frames - self._ldt_frames - self._gdt_frames, True)
+        self.pc.protect_frames(self._ldt_frames - frames - self._gdt_frames, False)
+        self._ldt_frames = frames
+        self._select_gdt_view()
+
+    def _table_frames(self, base: int, size: int) -> set[int]:
+        """The guest frames a descriptor table's linear range maps to (through the guest's
+        page tables when paging is on), those in RAM."""
+        if not size:
+            return set()
+        first, last = base >> 12, (base + size - 1) >> 12
+        return {f for f in (self._frame_of(page << 12) for page in range(first, last + 1))
+                if f is not None and self.pc.memory.contains(f << 12)}
 
     def load_task_register(self, selector: int) -> None:
         if selector & 0xFFFC == 0:
@@ -403,6 +465,13 @@ class TrapAndEmulate(Monitor):
         self.vcpu.tr, self.vcpu.tr_base, self.vcpu.tr_limit = selector, d.base, d.limit
         self.rebuild_shadow_gdt()
 
+    def segment_descriptor(self, selector: int) -> Descriptor:
+        """A segment descriptor the guest names, from the GDT or the LDT, with the CPU's limit check."""
+        try:
+            return self.guest_descriptor(selector)
+        except DeliveryFault as e:
+            raise GuestFault(e.vector, e.error_code, why=e.why) from None
+
     def gdt_descriptor(self, selector: int) -> Descriptor:
         """A GDT descriptor the guest names, with the CPU's limit and LDT checks."""
         if selector & 4:
@@ -416,9 +485,7 @@ class TrapAndEmulate(Monitor):
         cpl = self.vcpu.cpl
         if selector & 0xFFFC == 0:
             raise GuestFault(GP, 0, why="mov ss with a null selector")
-        if selector & 4:
-            raise GuestFault(GP, selector & 0xFFFC, why="LDT selectors are not supported under trap yet")
-        d = self.gdt_descriptor(selector)
+        d = self.segment_descriptor(selector)
         if selector & 3 != cpl or d.dpl != cpl or not d.is_writable_data:
             raise GuestFault(GP, selector & 0xFFFC, why=f"mov ss, {selector:#x} at CPL {cpl}")
         if not d.present:
@@ -741,7 +808,7 @@ class TrapAndEmulate(Monitor):
         """The checks an iret or retf makes of the code segment it returns to."""
         if cs & 0xFFFC == 0:
             raise GuestFault(GP, 0, why=f"{what} to a null code selector")
-        code = self.gdt_descriptor(cs)
+        code = self.segment_descriptor(cs)
         if not code.is_code or (code.dpl != target_cpl and not code.is_conforming) or code.dpl > target_cpl:
             raise GuestFault(GP, cs & 0xFFFC, why=f"{what} to {cs:#x}: not a ring-{target_cpl} code segment")
         if not code.present:
@@ -751,7 +818,7 @@ class TrapAndEmulate(Monitor):
         """The checks an iret or retf to an outer ring makes of the stack it returns to."""
         if ss & 0xFFFC == 0:
             raise GuestFault(GP, 0, why=f"{what} to an outer ring with a null SS")
-        stack = self.gdt_descriptor(ss)
+        stack = self.segment_descriptor(ss)
         if ss & 3 != target_cpl or stack.dpl != target_cpl or not stack.is_writable_data:
             raise GuestFault(GP, ss & 0xFFFC, why=f"{what}: SS {ss:#x} is not a ring-{target_cpl} stack")
         if not stack.present:            # QEMU gives #NP here, where the SDM says #SS: QEMU is the referee
@@ -815,9 +882,10 @@ class TrapAndEmulate(Monitor):
                     f"the guest enabled PAE paging (mov cr{n}, {value:#x}): trap-and-emulate shadows 32-bit "
                     f"page tables only; run it with --technique native")
         if self.mmu is not None and n in (0, 3, 4) and self.mmu.load(self.paging(), cr3_loaded=n == 3):
-            # The CPU flushed its TLB; the GDT may now live in other frames, which must be the
-            # ones write-protected.
+            # The CPU flushed its TLB; the GDT and LDT may now live in other frames, which must
+            # be the ones write-protected.
             self.rebuild_shadow_gdt()
+            self.rebuild_shadow_ldt()
         owned = {0: (CR0, CR0_GUEST_OWNED), 4: (CR4, CR4_GUEST_OWNED)}.get(n)
         if owned is not None:
             reg, mask = owned

@@ -59,6 +59,7 @@ class Emulated(Protocol):
     def iret(self, insn: Instruction) -> None: ...
     def retf(self, insn: Instruction) -> None: ...
     def gdt_descriptor(self, selector: int): ...
+    def load_ldt(self, selector: int, descriptor) -> None: ...
     def sysenter_transfer(self) -> None: ...
     def sysexit_transfer(self) -> None: ...
 
@@ -162,14 +163,15 @@ def lidt(m, insn):
 def lldt(m, insn):
     require_cpl0(m)
     selector = m.operand_value(insn.operands[0], 2)
+    d = None
     if selector & 0xFFFC:
         d = m.gdt_descriptor(selector)
         if not d.system or d.type != LDT_TYPE:
             raise GuestFault(GP, selector & 0xFFFC, why=f"lldt {selector:#x}: not an LDT descriptor")
         if not d.present:
             raise GuestFault(NP, selector & 0xFFFC, why=f"lldt {selector:#x}: not present")
-    m.vcpu.ldtr = selector
-    return ExitReason.LDTR_TR_ACCESS, "lldt traps at ring 1; recorded in the virtual LDTR"
+    m.load_ldt(selector, d)
+    return ExitReason.LDTR_TR_ACCESS, "lldt traps at ring 1; the monitor loads the virtual LDTR and a checked copy of the LDT"
 
 
 def ltr(m, insn):

@@ -28,6 +28,8 @@ class VirtualCpu:
     idt_base: int = 0
     idt_limit: int = 0
     ldtr: int = 0
+    ldt_base: int = 0            # the LDT descriptor lldt cached (a later GDT edit does not move it)
+    ldt_limit: int = 0
     tr: int = 0
     tr_base: int = 0
     tr_limit: int = 0

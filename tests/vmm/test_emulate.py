@@ -96,6 +96,10 @@ class FakeGuest:
     def invalidate_page(self, linear: int) -> None:
         self.calls.append(("invalidate_page", linear))
 
+    def load_ldt(self, selector: int, descriptor) -> None:
+        self.vcpu.ldtr = selector
+        self.calls.append(("load_ldt", selector))
+
     def interrupt_flag_set(self) -> None:
         self.calls.append(("interrupt_flag_set",))
 
