@@ -25,8 +25,8 @@
 # Through instructions (Unicorn's task switch): jmp to the short TSS, to the not-present TSS,
 # through the not-present GDT task gate, call to the busy main TSS, iret with NT set and a
 # back link to an available TSS (#TS), and jmp to the TSS with DS 0x1234.
-# hvsim: task-switch (hardware task switches: the conformance test runs this guest only under
-# techniques that model them)
+# hvsim: task-switch (hardware task switches, named with str: the conformance test compares this
+# guest with QEMU under native and hvm; under trap str shows the monitor's TR)
 
 PD = 0x200000
 PT0 = 0x201000

@@ -19,8 +19,8 @@
 #      saved EIP is now after that jmp, 0xc past the point after its iretd).
 #   5. A sets NT and runs iretd: its back link is 0, the boot task, which has no TSS
 #      descriptor: #TS(0), delivered through the IDT in task A (frame EIP on the iretd).
-# hvsim: task-switch (hardware task switches: the conformance test runs this guest only under
-# techniques that model them)
+# hvsim: task-switch (hardware task switches, named with str: the conformance test compares this
+# guest with QEMU under native and hvm; under trap str shows the monitor's TR)
 
 PD_A = 0x200000
 PD_B = 0x201000

@@ -22,8 +22,8 @@
 # (a jmp frees the task it leaves), and what the fault task's TSS kept: EIP after its ljmp,
 # its back link (untouched by a jmp). Then a second #GP: the fault task resumes after its ljmp
 # (with the registers it had there), goes round to its start and does it all again.
-# hvsim: task-switch (hardware task switches: the conformance test runs this guest only under
-# techniques that model them)
+# hvsim: task-switch (hardware task switches, named with str: the conformance test compares this
+# guest with QEMU under native and hvm; under trap str shows the monitor's TR)
 
 PD_MAIN = 0x200000
 PD_FAULT = 0x201000

@@ -20,8 +20,8 @@
 #      reads the ring-3 state saved in the main TSS (CS, SS, EIP, DS); its iretd returns to ring
 #      3 through the main TSS, where the user program stores its CS and a marker and goes back
 #      to the kernel with `int 0x80` (a DPL-3 interrupt gate).
-# hvsim: task-switch (hardware task switches: the conformance test runs this guest only under
-# techniques that model them)
+# hvsim: task-switch (hardware task switches, named with str: the conformance test compares this
+# guest with QEMU under native and hvm; under trap str shows the monitor's TR)
 
 COM1_IER = 0x3f9
 COM1_IIR = 0x3fa

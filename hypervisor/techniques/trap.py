@@ -69,6 +69,7 @@ from ..machine.interrupts import (GP, NP, SS_FAULT, CpuFrame, DeliveryFault, del
                                   through_call_gate)
 from ..memory.shadow import ShadowPaging
 from ..memory.walker import CR0_PG, CR4_PAE, GuestAddressSpace, Paging, translate
+from ..machine.taskswitch import TS_VECTOR, NewTaskFault, switch_by_instruction
 from ..vmm.decode import MAX_INSN, SEGMENT_REGISTERS, Imm, Instruction, Mem, Reg, decode
 from ..vmm.emulate import EMULATORS, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, TRANSFERS, Unemulated
 from ..vmm.exits import Exit, ExitReason
@@ -112,6 +113,8 @@ class _Unguarded:
     open = 0
 _DATA_SEGMENTS = (DS, ES, FS, GS)
 _LDT_FLAGS = unicorn_flags(decode_descriptor(encode_segment(0, 0xFFFF, 0x82, 0x0)))   # a present LDT, cached
+_TSS32_BUSY_FLAGS = unicorn_flags(decode_descriptor(encode_segment(0, 0x67, 0x8B, 0x0)))   # the virtual TR's
+_SELECTORS = (ES, CS, SS, DS, FS, GS)
 # The control-register bits that change only what the guest's own instructions do, and nothing
 # of the monitor's: the real CR0 and CR4 follow the virtual ones there (VT-x's bits outside the
 # guest/host mask), so x87 and SSE fault as the guest asked (#NM on TS, #UD on EM or without
@@ -164,12 +167,18 @@ def loads_descriptors(insn: Instruction) -> bool:
 
 
 class VirtualView:
-    """The guest's own tables and virtual CPL, for delivering events the way it expects."""
+    """The guest's own tables and virtual CPL, for delivering events the way it expects; and,
+    for a hardware task switch (machine/taskswitch.py), a CPU whose TR, LDTR, CR0, CR3,
+    EFLAGS and selectors are the virtual ones (``VirtualTaskCpu``)."""
 
     def __init__(self, m: "TrapAndEmulate"):
         self.m = m
         v = m.vcpu
         self.cpl, self.idt_base, self.idt_limit = v.cpl, v.idt_base, v.idt_limit
+        self.cpu = VirtualTaskCpu(m)
+
+    def address_space_changed(self) -> None:
+        """A task switch loaded CR3 (``VirtualTaskCpu.write`` already told the shadow)."""
 
     def read_linear(self, address, length):
         return self.m.read_linear(address, length)
@@ -182,6 +191,93 @@ class VirtualView:
 
     def tss_base(self) -> int:
         return self.m.vcpu.tr_base
+
+
+class VirtualTaskCpu:
+    """The CPU as a task switch sees it under trap: what it reads and writes of TR, LDTR, CR0,
+    CR3, EFLAGS' IF and IOPL, the CPL and the selectors is the virtual CPU's; general registers
+    and EIP are the real ones; loading the new task's CS and SS is ``enter_guest`` (its ring
+    compressed like any other entry). So machine/taskswitch.py, written for the real CPU, makes
+    a trap guest's task switches too."""
+
+    def __init__(self, m: "TrapAndEmulate"):
+        self._m = m
+        self._cpu = m.cpu
+
+    @property
+    def cpl(self) -> int:
+        return self._m.vcpu.cpl
+
+    def table_register(self, reg: int) -> tuple[int, int]:
+        v = self._m.vcpu
+        if reg == GDTR:
+            return v.gdt_base, v.gdt_limit
+        return v.idt_base, v.idt_limit
+
+    def segment_register(self, reg: int) -> tuple[int, int, int, int]:
+        v = self._m.vcpu
+        if reg == TR:
+            return v.tr, v.tr_base, v.tr_limit, _TSS32_BUSY_FLAGS
+        if reg == LDTR:
+            return v.ldtr, v.ldt_base, v.ldt_limit, _LDT_FLAGS if v.ldtr & 0xFFFC else 0
+        return self._cpu.segment_register(reg)
+
+    def set_segment_register(self, reg: int, selector: int, base: int, limit: int, flags: int) -> None:
+        m, v = self._m, self._m.vcpu
+        if reg == TR:
+            v.tr, v.tr_base, v.tr_limit = selector, base, limit
+        elif reg == LDTR:
+            v.ldtr, v.ldt_base, v.ldt_limit = selector, base, limit
+            m.rebuild_shadow_ldt()
+
+    def read(self, reg: int) -> int:
+        m, v = self._m, self._m.vcpu
+        if reg == CR0:
+            return v.cr0
+        if reg == EFLAGS:
+            eflags = self._cpu.read(EFLAGS) & ~(EFLAGS_IF | EFLAGS_IOPL)
+            return eflags | (EFLAGS_IF if v.iflag else 0) | (v.iopl << 12)
+        if reg in _SELECTORS:
+            return m._virtual_selector(self._cpu.read(reg))
+        return self._cpu.read(reg)
+
+    def write(self, reg: int, value: int) -> None:
+        m, v = self._m, self._m.vcpu
+        if reg in (CR0, CR3):
+            n = 0 if reg == CR0 else 3
+            old = v.control_register(n)
+            v.set_control_register(n, value & 0xFFFFFFFF)
+            m.control_register_written(n, old, v.control_register(n))
+        elif reg == EFLAGS:
+            self._set_eflags(value)
+        else:
+            self._cpu.write(reg, value)
+
+    def _set_eflags(self, value: int) -> None:
+        v = self._m.vcpu
+        v.iflag, v.iopl = bool(value & EFLAGS_IF), (value & EFLAGS_IOPL) >> 12
+        self._cpu.write(EFLAGS, (value & ~EFLAGS_IOPL) | EFLAGS_IF)
+
+    def read_batch(self, regs: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(self.read(r) for r in regs)
+
+    def write_batch(self, regs: tuple[int, ...], values) -> bool:
+        for reg, value in zip(regs, values):
+            self.write(reg, value)
+        return True
+
+    def load_ring(self, cpl: int, cs: int, ss: int, esp: int, eflags: int, eip: int) -> bool:
+        m = self._m
+        m.enter_guest(CpuFrame(eip, cs, eflags, esp, ss), cpl)
+        return m.pc.stop_requested is None
+
+    def try_write(self, reg: int, selector: int) -> bool:
+        guard = self._m._guard
+        guard.open = 1
+        try:
+            return self._cpu.try_write(reg, selector)
+        finally:
+            guard.open = 0
 
 
 class TrapAndEmulate(Monitor):
@@ -239,6 +335,9 @@ class TrapAndEmulate(Monitor):
         cpu.set_table_register(IDTR, base + MONITOR_IDT, 0x7FF)
         cpu.set_segment_register(TR, MON_TSS, base + MONITOR_TSS, 0x67, unicorn_flags(decode_descriptor(
             encode_segment(0, 0x67, 0x8B, 0x0))))
+        # Its back link names itself, which has no descriptor: a guest iret with NT set, which
+        # the CPU would make a task return through this TSS, is #TS(MON_TSS) (_nested_return).
+        self._monitor_write(base + MONITOR_TSS, struct.pack("<H", MON_TSS))
         self.enter_guest(CpuFrame(cpu.read(EIP), cpu.read(CS), cpu.read(EFLAGS), cpu.read(ESP),
                                   cpu.read(SS)), 0)
 
@@ -701,6 +800,8 @@ class TrapAndEmulate(Monitor):
         self.sync_cpl()
         if exit.vector in (GP, NP) and not exit.software and self._emulate(exit):
             return
+        if not exit.software and self._nested_return(exit):
+            return
         if exit.vector == NP and not exit.software:
             self._hidden_segment_fault(exit)
         super().handle_exception(exit)
@@ -756,10 +857,13 @@ class TrapAndEmulate(Monitor):
             return False
         if not d.system:
             return False
-        if d.type in TASK_SWITCH_TYPES or d.type == CALL_GATE16:
-            kind = "a task switch" if d.type in TASK_SWITCH_TYPES else "a 16-bit call gate"
-            self.crash(f"{insn.text} at {exit.eip:#010x} is {kind} through selector {selector:#x}; "
-                       f"trap-and-emulate does not model task switches or 16-bit gates")
+        if d.type in TASK_SWITCH_TYPES:
+            source = "call" if insn.mnemonic in ("lcall", "call") else "jmp"
+            self._task_switch(insn, exit, selector, source)
+            return True
+        if d.type == CALL_GATE16:
+            self.crash(f"{insn.text} at {exit.eip:#010x} is a 16-bit call gate through selector {selector:#x}; "
+                       f"trap-and-emulate does not model 16-bit gates")
             return True
         if d.type != CALL_GATE32:
             raise GuestFault(GP, selector & 0xFFFC, why=f"{insn.text}: selector {selector:#x} is no gate or TSS")
@@ -775,6 +879,34 @@ class TrapAndEmulate(Monitor):
         self.enter_guest(done.frame, done.handler_cpl)
         return True
 
+    def _task_switch(self, insn: Instruction, exit: Exit, selector: int, source: str) -> None:
+        """A far jmp or call to a TSS or task gate, or an iret with NT set: the shadow shows the
+        CPU no TSS (and the real TR is the monitor's), so the monitor switches the *virtual*
+        task, with the machine's one switch (``VirtualTaskCpu``)."""
+        view = self.delivery_view()
+        try:
+            switch_by_instruction(view, selector, source, (exit.eip + insn.size) & 0xFFFFFFFF)
+        except NewTaskFault as e:
+            # QEMU raises it with the new task loaded and EIP restored to the instruction's.
+            self.cpu.write(EIP, exit.eip)
+            self.inject_fault(e.fault, exit.eip)
+        self.record(ExitReason.TASK_SWITCH, exit.eip, "task-switch",
+                    f"{insn.text}: a hardware task switch, made by the monitor on the virtual TR, CR3 and "
+                    f"selectors (the shadow GDT shows the CPU no TSS)", insn)
+
+    def _nested_return(self, exit: Exit) -> bool:
+        """An iret with NT set, which the CPU tried as a task return through the monitor's own TSS:
+        its back link (MON_TSS) names no TSS, so the CPU raised #TS(MON_TSS). The guest's is the
+        virtual task's return."""
+        if exit.vector != TS_VECTOR or exit.error_code != MON_TSS:
+            return False
+        insn = self.fetch(exit.eip)
+        if insn is None or insn.mnemonic not in _IRETS:
+            return False
+        self.cpu.forget_fault()
+        self._task_switch(insn, exit, 0, "iret")
+        return True
+
     # -- emulated transfers --------------------------------------------------------------------
     def iret(self, insn: Instruction) -> None:
         cpu, v = self.cpu, self.vcpu
@@ -782,13 +914,13 @@ class TrapAndEmulate(Monitor):
             raise Unemulated("iret at a virtual ring above 0: the CPU's own fault stands")
         esp = cpu.esp
         ss_base = cpu.segment_register(SS)[1]
-        memory = self.pc.memory
-        eip, cs, eflags = _IRET_FRAME.unpack(memory.read((ss_base + esp) & 0xFFFFFFFF, 12))
+        read = self.read_linear          # (through the guest's page tables when paging is on)
+        eip, cs, eflags = _IRET_FRAME.unpack(read((ss_base + esp) & 0xFFFFFFFF, 12))
         cs &= 0xFFFF
         target_cpl = cs & 3
         self._check_return_code(cs, target_cpl, "iret")
         if target_cpl > v.cpl:
-            new_esp, ss = _OUTER_STACK.unpack(memory.read((ss_base + esp + 12) & 0xFFFFFFFF, 8))
+            new_esp, ss = _OUTER_STACK.unpack(read((ss_base + esp + 12) & 0xFFFFFFFF, 8))
             ss &= 0xFFFF
             self._check_return_stack(ss, target_cpl, "iret")
         else:

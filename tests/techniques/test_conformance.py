@@ -4,7 +4,9 @@ For each guest in guests/: QEMU's console and exit code (run live) must equal hv
 same image file under ``native`` and ``hvm`` byte for byte, and under ``trap`` too — except the
 sensitive guest, whose differing lines must be exactly the sensitive-but-unprivileged
 instructions (Popek and Goldberg's failure on x86), and nothing else — and except guests with a
-``# hvsim: task-switch`` line, which make hardware task switches, which trap does not model.
+``# hvsim: task-switch`` line, which make hardware task switches and read the task register with
+``str``, which under trap shows the monitor's (a sensitive instruction: trap switches the tasks,
+but cannot hide that).
 """
 from functools import lru_cache
 from pathlib import Path
@@ -56,8 +58,8 @@ def skip_without_block_hook(source: Path) -> None:
 
 
 def task_switching(source: Path) -> bool:
-    """A guest that makes hardware task switches says so in a `# hvsim: task-switch` line;
-    trap does not model them, so it refuses such a guest."""
+    """A guest that makes hardware task switches says so in a `# hvsim: task-switch` line; they
+    name their task with ``str``, which shows the monitor's TR under trap."""
     return any(line.startswith("# hvsim: task-switch") for line in source.read_text().splitlines())
 
 
@@ -124,3 +126,15 @@ def test_same_run_twice_gives_same_console_exits_and_trace(technique, tmp_path):
         runs.append((r.console, r.exit_code, r.exits, r.instructions, trace.read_text()))
     assert runs[0] == runs[1]
     assert runs[0][4].count("\n") > 10
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", ["taskgate_gp", "taskgate_int", "taskgate_call"])
+def test_trap_makes_the_task_switches_and_differs_only_where_str_or_pushf_shows_the_real_cpu(name, qemu_dir):
+    console, exit_code = qemu_reference(name, qemu_dir)
+    result = run_image(Path(qemu_dir) / f"{name}.bin", technique="trap")
+    assert result.exit_code == exit_code, result.halted_reason
+    bare, trapped = console.decode().splitlines(), result.console.decode().splitlines()
+    assert len(bare) == len(trapped)
+    differing = [b for a, b in zip(trapped, bare) if a != b]
+    assert differing and all("tr:" in line or "eflags" in line for line in differing), differing
