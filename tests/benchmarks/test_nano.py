@@ -8,21 +8,34 @@ under native one (the delivery), and so on. The runner's numbers are only as goo
 
 import pytest
 
-from benchmarks.run import MICRO_DIR, MICRO_NOT_YET, MICRO_PAIRS, bench_micro, load_micro, micro_k
+from benchmarks.run import MICRO_DIR, MICRO_PAIRS, NOT_RUN_PAGING, bench_micro, load_micro, micro_k
 from hypervisor.image import build_image
 from hypervisor.session import run_image
+from tests.benchmarks.test_paged_guests import edited_copy
 from tests.qemu import run_qemu
 
 NANO_SOURCES = sorted({f for p in MICRO_PAIRS for f in (p.loop, p.baseline)})
 
-# exits per operation, (exits(loop) - exits(baseline)) / K, per technique
+# exits per operation, (exits(loop) - exits(baseline)) / K, per technique. hvm counts what
+# would exit under VT-x: its guest's own faults and ints are delivered without an exit.
 EXPECTED_EXITS_PER_OP = {
-    "syscall": {"native": 1, "trap": 2},     # native delivers the int; trap also emulates the iretd
-    "in": {"native": 1, "trap": 1},
-    "cr0": {"native": 0, "trap": 1},         # a ring-0 instruction natively; #GP at ring 1
-    "callret": {"native": 0, "trap": 0},
-    "divzero": {"native": 1, "trap": 2},     # same-ring iretd in ring 1 is emulated under trap
-    "cli": {"native": 0, "trap": 1},
+    "syscall": {"native": 1, "trap": 2, "hvm": 0},   # native delivers the int; trap also emulates the iretd
+    "syscall_paged": {"native": 1, "trap": 2, "hvm": 0},
+    "in": {"native": 1, "trap": 1, "hvm": 1},
+    "cr0": {"native": 0, "trap": 1, "hvm": 0},       # a ring-0 instruction natively; #GP at ring 1
+    "callret": {"native": 0, "trap": 0, "hvm": 0},
+    "pgfault": {"native": 1, "hvm": 0},              # trap: by kind, below
+    "divzero": {"native": 1, "trap": 2, "hvm": 0},   # same-ring iretd in ring 1 is emulated under trap
+    "ptemod": {"native": 0, "hvm": 1},               # INVLPG exiting
+    "tlbmiss": {"native": 0, "trap": 1, "hvm": 0},   # trap: the one walk, a shadow page fault
+    "cli": {"native": 0, "trap": 1, "hvm": 0},
+}
+# Under trap the paged loops' walks count too, as many as the TLB flushes make them: pinned
+# by kind, the walks only as at least one.
+EXPECTED_TRAP_EXITS_BY_KIND = {
+    "pgfault": {"exception_nmi": 1, "iret": 1},     # the #PF reflected, the handler's iretd
+    "ptemod": {"invlpg": 1},
+    "tlbmiss": {"shadow_page_fault": 1},
 }
 
 
@@ -57,7 +70,36 @@ def test_short_nano_loops_cost_the_expected_exits_per_operation():
             got = results[name]["per_op_us"][technique]["exits_per_op"]
             # a set-up exit outside the loop (nano_cr0 reads CR0 once) shows up as 1/K
             assert abs(got - expected) <= 1 / k, (name, technique, got)
-    for name in ("syscall", "divzero"):          # raw Unicorn cannot deliver them: not run, not faked
+    for name, kinds in EXPECTED_TRAP_EXITS_BY_KIND.items():
+        got = results[name]["per_op_us"]["trap"]["exits"]
+        for kind, expected in kinds.items():
+            assert abs(got[kind] - expected) <= 1 / k, (name, kind, got)
+        assert name == "tlbmiss" or got["shadow_page_fault"] >= 1, (name, got)
+    for name in ("syscall", "syscall_paged", "divzero", "pgfault"):   # raw Unicorn cannot deliver them
         assert results[name]["per_op_us"]["raw"]["median"] is None
-    for name in MICRO_NOT_YET:
-        assert results[name]["not_yet"] is True
+    for name in ("ptemod", "tlbmiss"):           # raw Unicorn pages by itself; raw-fill cannot
+        assert results[name]["per_op_us"]["raw"]["median"] is not None
+        if "raw-fill" in results[name]["per_op_us"]:
+            assert results[name]["per_op_us"]["raw-fill"] == {"median": None, "skipped": NOT_RUN_PAGING}
+
+
+def test_ptemod_fails_rather_than_times_a_stale_translation(tmp_path):
+    """The loop checks what it read: without its invlpg the TLB keeps the old frame (as on the
+    bare machine, which may), the sum is wrong, and the run exits 1 instead of 0."""
+    source = edited_copy(MICRO_DIR / "nano_ptemod.S", "K = 20000", "K = 200", tmp_path)
+    assert run_image(build_image(source), technique="native").exit_code == 0
+    (tmp_path / "stale").mkdir()
+    stale = edited_copy(source, "    invlpg [V]\n", "    nop\n", tmp_path / "stale")
+    for technique in ("native", "trap"):
+        assert run_image(build_image(stale), technique=technique).exit_code == 1, technique
+
+
+def test_pgfault_takes_one_fault_per_iteration_and_checks_it(tmp_path):
+    """The handler counts its faults and the loop its reads: K of each, or exit code 1."""
+    source = edited_copy(MICRO_DIR / "nano_pgfault.S", "K = 20000", "K = 100", tmp_path)
+    result = run_image(build_image(source), technique="trap")
+    assert result.exit_code == 0 and result.exits["exception_nmi"] == 100
+    (tmp_path / "remapped").mkdir()
+    remapped = edited_copy(source, "mov dword ptr [PTE_V], 0x600007", "mov dword ptr [PTE_V], 0x601007",
+                           tmp_path / "remapped")
+    assert run_image(build_image(remapped), technique="native").exit_code == 1   # read 2, not 1
