@@ -721,6 +721,7 @@ class Cpu:
         self.misaligned: int | None = None   # EIP of an SSE instruction whose operand must be aligned and is not
         self.watched: tuple[int, int] | None = None   # (EIP, length) of a watched instruction for the monitor
         self._watched: frozenset[str] = frozenset()
+        self._watched_nt: frozenset[str] = frozenset()
         self._decide_watched = None
         self._fault_mark: tuple[int, int] | None = None  # (counter, block) when a fault hook last ran
         # How the counter reads guest code by linear address; the monitor that runs the CPU
@@ -835,7 +836,8 @@ class Cpu:
         instruction that needs its 16-byte operand aligned, of the first watched instruction;
         each -1 where there is none) of the ``size`` bytes at linear ``address`` (bytes that do
         not decode: one instruction, the one that faults)."""
-        from .native.blockhook import ALIGN_KNOWN, HAS_ALIGNED, HAS_IO, HAS_WATCHED, IO_KNOWN, WATCH_KNOWN
+        from .native.blockhook import (ALIGN_KNOWN, HAS_ALIGNED, HAS_IO, HAS_WATCHED, HAS_WATCHED_NT, IO_KNOWN,
+                                       WATCH_KNOWN)
         try:
             code = bytes(self.code_reader(address, size))
         except Exception:                   # unreadable: the block is one faulting instruction
@@ -844,7 +846,8 @@ class Cpu:
         if known is None:
             n = end = 0
             first_io = first_aligned = first_watched = -1
-            watched = self._watched
+            watched, when_nt = self._watched, self._watched_nt
+            nested = False
             for offset, length, mnemonic, op_str in self._disassembler().disasm_lite(code, 0):
                 name = mnemonic.split()[-1]
                 if first_io < 0 and name in _IO_MNEMONICS:
@@ -853,10 +856,13 @@ class Cpu:
                     first_aligned = offset
                 if first_watched < 0 and watched and _is_watched(watched, name, op_str):
                     first_watched = offset
+                    nested = name in when_nt
                 n, end = n + 1, end + length
             n += 1 if end < size else 0
             flags = IO_KNOWN | ALIGN_KNOWN | WATCH_KNOWN | (HAS_IO if first_io >= 0 else 0)
-            flags |= (HAS_ALIGNED if first_aligned >= 0 else 0) | (HAS_WATCHED if first_watched >= 0 else 0)
+            flags |= HAS_ALIGNED if first_aligned >= 0 else 0
+            if first_watched >= 0:
+                flags |= HAS_WATCHED_NT if nested else HAS_WATCHED
             known = self._blocks[code] = (n, flags, first_io, first_aligned, first_watched)
         return known
 
@@ -922,17 +928,20 @@ class Cpu:
         finally:
             r.pass_at = _NO_PASS
 
-    def watch_instructions(self, mnemonics: frozenset[str], decide) -> None:
+    def watch_instructions(self, mnemonics: frozenset[str], decide, when_nt: frozenset[str] = frozenset()) -> None:
         """Stop before every instruction with one of these mnemonics (capstone's, last word:
         ``invlpg``, ``ljmp``, ``iretd``; ``jmp far``/``call far`` for the far forms through
         memory), with every instruction before it in its block done,
         and ask ``decide(eip)``: True, the run ends there with ``watched`` = (EIP, length), the
         instruction counted as run (the monitor performs it, as VT-x exits on it); False, it
-        runs on the CPU, and the run goes on. Needs block counting; with ``count=`` nothing is watched."""
+        runs on the CPU, and the run goes on. Those also in ``when_nt`` (an iret) stop the CPU only
+        while EFLAGS.NT is set (the block hook looks). Needs block counting; with ``count=``
+        nothing is watched."""
         r = self._record
         if r is None:
             return
         self._watched, self._decide_watched = frozenset(mnemonics), decide
+        self._watched_nt = frozenset(when_nt)
         self._blocks.clear()
         self.block_hook.forget()
         r.watch = int(bool(mnemonics))

@@ -268,13 +268,24 @@ class GuestAddressSpace:
     page on a later one. Linear addresses wrap at 4 GiB.
     """
 
-    def __init__(self, phys: PhysicalMemory, paging: Callable[[], Paging]):
+    def __init__(self, phys: PhysicalMemory, paging: Callable[[], Paging], fast=None):
         self.phys = phys
         self.paging = paging
+        # The same walk in C (machine/native/tlbfill.c ``hv_walk``, held to this file by
+        # tests/memory/test_shadow_fill.py): ``fast(paging, linear, write, user)`` gives the
+        # address or raises as ``translate``; None where it does not walk (PAE) or is absent.
+        self.fast = fast
 
     def translate(self, linear: int, *, write: bool = False, user: bool = False,
                   fetch: bool = False) -> int:
-        return translate(self.phys, self.paging(), linear, write=write, user=user, fetch=fetch)
+        return self._translate(self.paging(), linear, write, user, fetch)
+
+    def _translate(self, paging: Paging, linear: int, write: bool, user: bool, fetch: bool) -> int:
+        if self.fast is not None and paging.cr0 & CR0_PG:
+            gpa = self.fast(paging, linear, write, user)
+            if gpa is not None:
+                return gpa
+        return translate(self.phys, paging, linear, write=write, user=user, fetch=fetch)
 
     def _pieces(self, linear: int, length: int, *, write: bool, user: bool,
                 fetch: bool) -> list[tuple[int, int]]:
@@ -286,8 +297,7 @@ class GuestAddressSpace:
         pieces = []
         while length > 0:
             chunk = min(length, PAGE_SIZE - (linear & 0xFFF))
-            pieces.append((translate(self.phys, paging, linear, write=write, user=user,
-                                     fetch=fetch), chunk))
+            pieces.append((self._translate(paging, linear, write, user, fetch), chunk))
             linear = (linear + chunk) & LINEAR_MASK
             length -= chunk
         return pieces
@@ -320,3 +330,45 @@ class GuestAddressSpace:
 
     def write_u32(self, linear: int, value: int, *, user: bool = False) -> None:
         self.write(linear, (value & 0xFFFFFFFF).to_bytes(4, "little"), user=user)
+
+
+class EventMemory:
+    """Guest memory by linear address for one event's one-pass delivery (``deliver_flat``, the
+    exit fast path) with paging on: each page is walked once per event in C (the space's
+    ``fast`` walk, which sets A, and D for a store, as the CPU's own delivery would), as the
+    CPU's TLB would hold it. Any fault, or an access that crosses a page, is an IndexError: the
+    one-pass path declines, and the general path walks and raises what the CPU raises."""
+
+    def __init__(self, space: GuestAddressSpace, memory):
+        self._fast, self._memory = space.fast, memory
+        self.paging: Paging | None = None
+        self._pages: dict[tuple[int, bool], int] = {}
+
+    def begin(self, paging: Paging) -> None:
+        self.paging = paging
+        self._pages.clear()
+
+    def _physical(self, address: int, length: int, write: bool) -> int:
+        address &= 0xFFFFFFFF
+        if (address & 0xFFF) + length > 0x1000:
+            raise IndexError(address)
+        key = (address >> 12, write)
+        base = self._pages.get(key)
+        if base is None:
+            try:
+                gpa = self._fast(self.paging, address, write, False)
+            except GuestFault:
+                raise IndexError(address) from None
+            if gpa is None:
+                raise IndexError(address)
+            base = self._pages[key] = gpa & ~0xFFF
+        return base | (address & 0xFFF)
+
+    def read(self, address: int, length: int) -> bytes:
+        return self._memory.read(self._physical(address, length, False), length)
+
+    def read_u64(self, address: int) -> int:
+        return int.from_bytes(self.read(address, 8), "little")
+
+    def write(self, address: int, data: bytes) -> None:
+        self._memory.write(self._physical(address, len(data), True), data)

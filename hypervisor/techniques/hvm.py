@@ -84,7 +84,7 @@ class Hvm(Native):
         # switch loses the new task's EIP when a TLB fill happens inside it (the fill restores
         # EIP to the instruction), so the machine's switch (machine/taskswitch.py) makes them.
         c.invlpg_exiting = True
-        self.cpu.watch_instructions(_WATCHED, self._watch)
+        self.cpu.watch_instructions(_WATCHED, self._watch, when_nt=frozenset({"iret", "iretd"}))
         self.cpu.uc.hook_add(UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, UC_X86_INS_CPUID)
 
     def boot(self) -> None:

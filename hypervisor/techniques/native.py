@@ -25,7 +25,7 @@ from ..machine.cpu import (CR0, CR2, CR3, CR4, CS, EFLAGS, CpuError, EFLAGS_IF, 
 from ..machine.descriptors import Descriptor
 from ..machine.faults import GuestFault
 from ..machine.interrupts import GP, CpuFrame, DeliveryFault, deliver_flat, table_descriptor
-from ..memory.walker import GuestAddressSpace, Paging
+from ..memory.walker import EventMemory, GuestAddressSpace, Paging
 from ..vmm.emulate import MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP
 from ..vmm.exits import Exit, ExitReason
 from ..vmm.monitor import Event, EventKind, Monitor, VcpuState, software_interrupt_length
@@ -34,6 +34,7 @@ EFLAGS_VM, EFLAGS_RF = 1 << 17, 1 << 16
 _PAGING_REGISTERS = (CR0, CR3, CR4)
 _FRAME_REGISTERS = (CS, EFLAGS, ESP, SS)
 _EVENT_REGISTERS = (CS, EFLAGS, ESP, SS, CR0)
+_CR3_CR4 = (CR3, CR4)
 CR0_PG = 1 << 31
 
 
@@ -87,11 +88,12 @@ class Native(Monitor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         cpu = self.cpu
-        self.space = GuestAddressSpace(self.pc.memory, self.paging)
+        self.space = GuestAddressSpace(self.pc.memory, self.paging, self.pc.tlb.walker(self.pc.memory))
         self.window = cpu.interrupt_window_watch()
         self._watching = False           # the window watch is armed for the running slice
         cpu.refuse_port_io_above_iopl()  # io_permitted's rule, before the I/O runs (precise #GP)
         self._paging: Paging | None = None
+        self._paged = EventMemory(self.space, self.pc.memory)
 
     def paging(self) -> Paging:
         """CR0, CR3 and CR4 as the guest left them; read once per exit (only the guest's
@@ -150,8 +152,15 @@ class Native(Monitor):
         cpu = self.cpu
         cs, eflags, esp, ss, cr0 = cpu.read_batch(_EVENT_REGISTERS)
         if cr0 & CR0_PG:
-            return False
-        memory = self.pc.memory
+            if self.space.fast is None:
+                return False
+            self._paging = paging = Paging(cr0, *cpu.read_batch(_CR3_CR4))   # the guest may have changed them
+            memory = self._paged
+            memory.begin(paging)
+            write = memory.write
+        else:
+            memory = self.pc.memory
+            write = memory.write
         try:
             software = software_interrupt_length(intno, memory.read((eip - 2) & 0xFFFFFFFF, 2)) > 0
         except IndexError:
@@ -159,7 +168,7 @@ class Native(Monitor):
         error = None if software else self.error_code_for(intno)
         idt_base, idt_limit = cpu.table_register(IDTR)
         gdt_base, gdt_limit = cpu.table_register(GDTR)
-        done = deliver_flat(memory, memory.write, intno, software, error, cpu.cpl, idt_base, idt_limit,
+        done = deliver_flat(memory, write, intno, software, error, cpu.cpl, idt_base, idt_limit,
                             gdt_base, gdt_limit, self._tss_base, eip, cs, eflags, esp, ss)
         if done is None:
             return False

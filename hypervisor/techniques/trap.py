@@ -68,7 +68,7 @@ from ..machine.native.readguard import ReadGuard
 from ..machine.interrupts import (GP, NP, SS_FAULT, CpuFrame, DeliveryFault, deliver_flat, table_descriptor,
                                   through_call_gate)
 from ..memory.shadow import ShadowPaging
-from ..memory.walker import CR0_PG, CR4_PAE, GuestAddressSpace, Paging, translate
+from ..memory.walker import CR0_PG, CR4_PAE, EventMemory, GuestAddressSpace, Paging, translate
 from ..machine.taskswitch import TS_VECTOR, NewTaskFault, switch_by_instruction
 from ..vmm.decode import MAX_INSN, SEGMENT_REGISTERS, Imm, Instruction, Mem, Reg, decode
 from ..vmm.emulate import EMULATORS, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, TRANSFERS, Unemulated
@@ -318,7 +318,8 @@ class TrapAndEmulate(Monitor):
         # of guest memory walk them too, in Python.
         self.shadow = above_4g
         self.mmu: ShadowPaging | None = None
-        self.space = GuestAddressSpace(self.pc.memory, self.paging)
+        self.space = GuestAddressSpace(self.pc.memory, self.paging, self.pc.tlb.walker(self.pc.memory))
+        self._paged = EventMemory(self.space, self.pc.memory)
         self._walks = 0                        # the fill's walk count at the last slice's end
 
     # -- boot ----------------------------------------------------------------------------
@@ -746,13 +747,20 @@ class TrapAndEmulate(Monitor):
         """An ``int n`` or a fault other than #GP/#NP (which may be instructions to emulate),
         reflected in one pass through the guest's own tables (``deliver_flat``), as
         ``handle_exception`` would reflect it; anything unusual takes the general path."""
-        if self.trace.enabled or self.vcpu.cr0 & CR0_PG:
-            return False                    # (the one-pass path reads the guest's tables as physical)
+        if self.trace.enabled or intno == TS_VECTOR:     # (#TS may be a nested task's iret: _nested_return)
+            return False
+        if self.vcpu.cr0 & CR0_PG:
+            if self.space.fast is None:
+                return False
+            memory = self._paged        # the guest's tables through its page tables, a walk per page
+            memory.begin(self.paging())
+            write = self._paged_write
+        else:
+            memory, write = self.pc.memory, self.write_linear
         if intno == GP or intno == NP:
-            return self._fast_emulate(intno, eip)
+            return self._fast_emulate(intno, eip, memory)
         cpu, v = self.cpu, self.vcpu
         cs, eflags, esp, ss = cpu.read_batch(_EVENT_REGISTERS)
-        memory = self.pc.memory
         try:
             software = software_interrupt_length(intno, memory.read((eip - 2) & 0xFFFFFFFF, 2)) > 0
         except IndexError:
@@ -760,7 +768,7 @@ class TrapAndEmulate(Monitor):
         self.sync_cpl()
         error = None if software else self.error_code_for(intno)
         eflags = (eflags & ~(EFLAGS_IF | EFLAGS_IOPL)) | (EFLAGS_IF if v.iflag else 0) | (v.iopl << 12)
-        done = deliver_flat(memory, self.write_linear, intno, software, error, v.cpl, v.idt_base, v.idt_limit,
+        done = deliver_flat(memory, write, intno, software, error, v.cpl, v.idt_base, v.idt_limit,
                             v.gdt_base, v.gdt_limit, self._tss_base, eip, self._virtual_selector(cs), eflags,
                             esp, self._virtual_selector(ss))
         if done is None:
@@ -776,12 +784,17 @@ class TrapAndEmulate(Monitor):
     def _tss_base(self) -> int:
         return self.vcpu.tr_base
 
-    def _fast_emulate(self, intno: int, eip: int) -> bool:
+    def _paged_write(self, address: int, data: bytes) -> None:
+        """A frame pushed by the one-pass delivery with paging on (it may land on the GDT)."""
+        self._paged.write(address, data)
+        self._gdt_written(address & 0xFFFFFFFF, len(data))
+
+    def _fast_emulate(self, intno: int, eip: int, memory) -> bool:
         """A #GP or #NP: the instruction emulated straight from the hook, as
         ``handle_exception`` would emulate it (False: not one the monitor emulates)."""
         cpu = self.cpu
         try:                            # the two bytes before EIP and the instruction, in one read
-            window = self.pc.memory.read((eip - 2) & 0xFFFFFFFF, MAX_INSN + 2)
+            window = memory.read((eip - 2) & 0xFFFFFFFF, MAX_INSN + 2)
         except IndexError:
             return False
         insn = decode(window[2:], eip)

@@ -72,6 +72,7 @@ struct entry {
 #define HAS_ALIGNED 8
 #define WATCH_KNOWN 16    /* flags: HAS_WATCHED says whether it holds an instruction the monitor watches */
 #define HAS_WATCHED 32
+#define HAS_WATCHED_NT 64 /* ... or one it watches only while EFLAGS.NT is set (an iret: a task return) */
 
 enum { STOP_NONE = 0, STOP_DEADLINE = 1, STOP_WINDOW = 2, STOP_UNKNOWN = 3, STOP_CROSSING = 4,
        STOP_IO = 5, STOP_NMI = 6, STOP_ALIGN = 7, STOP_WATCH = 8 };
@@ -131,6 +132,7 @@ struct record {
 };
 
 #define EFLAGS_IF (1u << 9)
+#define EFLAGS_NT (1u << 14)
 #define HF2_NMI_MASK (1u << 2)   /* an NMI's handler runs: NMIs blocked until its iret */
 #define EFLAGS_IOPL_SHIFT 12
 #define CR4_OSFXSR (1u << 9)
@@ -210,7 +212,8 @@ void hv_block(void *uc, uint64_t address, uint32_t size, void *user_data)
             && *r->flushes_at == r->flushes_seen
             && !io_guarded(r)
             && (!align_guarded(r) || (e->flags & (ALIGN_KNOWN | HAS_ALIGNED)) == ALIGN_KNOWN)
-            && (!r->watch || (e->flags & (WATCH_KNOWN | HAS_WATCHED)) == WATCH_KNOWN), 1)) {
+            && (!r->watch || ((e->flags & (WATCH_KNOWN | HAS_WATCHED)) == WATCH_KNOWN
+                              && (!(e->flags & HAS_WATCHED_NT) || !(*r->eflags_at & EFLAGS_NT)))), 1)) {
         r->counter = next;
         r->block_address = address;
         r->block_size = size;
@@ -313,7 +316,7 @@ static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct reco
             stop_before(uc, r, STOP_UNKNOWN, address, size, e);
             return;
         }
-        if (e->flags & HAS_WATCHED) {
+        if ((e->flags & HAS_WATCHED) || ((e->flags & HAS_WATCHED_NT) && (*r->eflags_at & EFLAGS_NT))) {
             stop_before(uc, r, STOP_WATCH, address, size, e);
             return;
         }

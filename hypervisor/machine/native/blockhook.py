@@ -55,7 +55,7 @@ EXTENSION = "hypervisor.machine.native._blockhook"     # setup.py builds blockho
 CALLBACK = "hv_block"
 CACHE_SIZE = 4096                                      # blockhook.c's CACHE_SIZE
 STOP_NONE, STOP_DEADLINE, STOP_WINDOW, STOP_UNKNOWN, STOP_CROSSING, STOP_IO, STOP_NMI, STOP_ALIGN, STOP_WATCH = range(9)
-IO_KNOWN, HAS_IO, ALIGN_KNOWN, HAS_ALIGNED, WATCH_KNOWN, HAS_WATCHED = 1, 2, 4, 8, 16, 32   # entry flags (blockhook.c)
+IO_KNOWN, HAS_IO, ALIGN_KNOWN, HAS_ALIGNED, WATCH_KNOWN, HAS_WATCHED, HAS_WATCHED_NT = 1, 2, 4, 8, 16, 32, 64  # flags
 NO_PASS = (1 << 64) - 1                                # pass_at: no block start is let through
 # uc_ctl's code for "request the translated block at an address" (unicorn.h: UC_CTL_READ_WRITE(.., 2)).
 CTL_REQUEST_CACHE = U.UC_CTL_TB_REQUEST_CACHE | (2 << 26) | (U.UC_CTL_IO_READ_WRITE << 30)

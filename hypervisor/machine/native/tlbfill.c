@@ -222,10 +222,10 @@ static volatile uint32_t *walk_read(struct fill *f, uint64_t gpa)
 /* Two-level 32-bit paging (SDM vol. 3, 4.3), as hypervisor/memory/walker.py: the guest-
  * physical page of ``linear`` and whether the TLB may take writes; 0 with the fault set when
  * the access is refused. */
-static int walk32(struct fill *f, uint32_t linear, int write, int user, uint64_t *gpa, int *writable)
+static int walk32(struct fill *f, uint32_t cr0, uint32_t cr3, uint32_t cr4, uint32_t linear, int write, int user,
+                  uint64_t *gpa, int *writable)
 {
-    uint32_t cr0 = *f->cr0_at, cr4 = *f->cr4_at;
-    uint64_t pde_gpa = (*f->cr3_at & 0xFFFFF000u) + ((linear >> 20) & 0xFFC);
+    uint64_t pde_gpa = (cr3 & 0xFFFFF000u) + ((linear >> 20) & 0xFFC);
     volatile uint32_t *pde_at = walk_read(f, pde_gpa), *leaf_at;
     uint32_t pde, leaf, rights;
     uint64_t leaf_gpa, frame;
@@ -315,7 +315,7 @@ static bool walk_fill(struct fill *f, void *uc, uint64_t vaddr, int type, struct
             return false;
         }
         f->walks++;
-        if (!walk32(f, (uint32_t)vaddr, write, user, &gpa, &writable))
+        if (!walk32(f, *f->cr0_at, *f->cr3_at, *f->cr4_at, (uint32_t)vaddr, write, user, &gpa, &writable))
             return false;
     }
     need = write ? EPT_W : fetch ? EPT_X : EPT_R;
@@ -354,6 +354,47 @@ static bool walk_fill(struct fill *f, void *uc, uint64_t vaddr, int type, struct
     entry->perms = PROT_READ | (writable ? PROT_WRITE : 0)
                    | ((rights & EPT_X) && executed(f, gpa) ? PROT_EXEC : 0);
     return true;
+}
+
+/* The same walk for the monitor's own accesses on the guest's behalf (delivering an event,
+ * reading an instruction), with the control registers given: 0 and the guest-physical
+ * address, or FAULT_PF (the error code in f->error_code), FAULT_BUS, FAULT_EPT, or
+ * FAULT_UNSUPPORTED for PAE, which the caller walks in Python. Accessed and dirty bits are
+ * set exactly as for a fill. Called through ctypes (walker.py's GuestAddressSpace). */
+int hv_walk(struct fill *f, uint32_t cr0, uint32_t cr3, uint32_t cr4, uint32_t linear, int write, int user,
+            uint64_t *gpa, uint32_t *error)
+{
+    /* What a refused fill left for the monitor must survive a walk the monitor makes before it
+     * looks (decoding the running block): the walk's own outcome goes to *gpa and *error. */
+    int32_t fault = f->fault;
+    uint32_t error_code = f->error_code, qualification = f->qualification;
+    uint64_t guest_physical = f->guest_physical;
+    int writable, mode, ok, kind = 0;
+
+    if (!(cr0 & CR0_PG)) {
+        *gpa = linear;
+        return 0;
+    }
+    if (cr4 & CR4_PAE)
+        return FAULT_UNSUPPORTED;
+    /* The EPT is not asked: the monitor's accesses are its own (the caller checks what the
+     * guest may reach), and a page the dirty log write-protects must not stop them. */
+    mode = f->mode;
+    f->mode = MODE_SHADOW;
+    ok = walk32(f, cr0, cr3, cr4, linear, write, user, gpa, &writable);
+    f->mode = mode;
+    if (ok) {
+        *gpa |= linear & 0xFFF;
+    } else {
+        kind = f->fault;
+        *error = f->error_code;
+        *gpa = f->guest_physical;
+    }
+    f->fault = fault;
+    f->error_code = error_code;
+    f->qualification = qualification;
+    f->guest_physical = guest_physical;
+    return kind;
 }
 
 /* uc_cb_tlbevent_t: bool (*)(uc_engine *uc, uint64_t vaddr, uc_mem_type type,

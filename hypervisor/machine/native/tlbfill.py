@@ -52,6 +52,7 @@ from functools import lru_cache
 
 from unicorn import UC_MEM_WRITE
 
+from ..faults import PF_VECTOR, BusError, GuestFault
 from .loader import libunicorn as _uc, load_callback, uc_hook_add, uc_reg_read_address, why_not
 
 EXTENSION = "hypervisor.machine.native._tlbfill"      # setup.py builds tlbfill.c under this name
@@ -105,6 +106,11 @@ class _Fill(ctypes.Structure):
         ("tables_at", ctypes.c_void_p),
         ("alias_base", ctypes.c_uint64),
     ]
+
+
+_WALK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
+                         ctypes.c_uint32, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64),
+                         ctypes.POINTER(ctypes.c_uint32))
 
 
 @dataclass(frozen=True)
@@ -205,9 +211,43 @@ class TlbFill:
             raise OSError(f"the C TLB fill is needed to virtualize memory: {why_not(EXTENSION) or 'not loaded'}")
         f = self._fill
         f.tables_at = self._cpu.descriptor_tables_address()
+        self._know_memory(memory)
+        f.hflags_at = hflags_address
+
+    def _know_memory(self, memory) -> None:
+        f = self._fill
         self._p2m = (ctypes.c_uint32 * len(memory.p2m))(*memory.p2m)
         f.p2m, f.pfns, f.base = ctypes.addressof(self._p2m), len(memory.p2m), memory.machine.base_address
-        f.hflags_at = hflags_address
+
+    def walker(self, memory):
+        """The C walk for the monitor's own accesses (``hv_walk``), as a ``translate(paging, linear,
+        write, user)`` that returns the guest-physical address, raises GuestFault(#PF) or BusError,
+        or returns None where only Python walks (PAE); None where the C library is absent."""
+        if not self.native:
+            return None
+        loaded = native_fill()                 # (the loader keeps one symbol per library: ask it for ours)
+        function = getattr(loaded.library, "hv_walk", None) if loaded is not None else None
+        if function is None:
+            return None
+        if not self._fill.p2m:
+            self._know_memory(memory)
+        walk = _WALK(ctypes.cast(function, ctypes.c_void_p).value)
+        fill = ctypes.addressof(self._fill)
+        out, error = ctypes.c_uint64(), ctypes.c_uint32()
+        out_ref, error_ref = ctypes.byref(out), ctypes.byref(error)
+
+        def translate(paging, linear: int, write: bool, user: bool):
+            kind = walk(fill, paging.cr0 & 0xFFFFFFFF, paging.cr3 & 0xFFFFFFFF, paging.cr4 & 0xFFFFFFFF,
+                        linear & 0xFFFFFFFF, int(write), int(user), out_ref, error_ref)
+            if kind == 0:
+                return out.value
+            if kind == FAULT_PF:
+                raise GuestFault(PF_VECTOR, error.value, cr2=linear & 0xFFFFFFFF,
+                                 why=f"page fault at {linear & 0xFFFFFFFF:#010x}")
+            if kind in (FAULT_BUS, FAULT_EPT):
+                raise BusError(out.value, 4)
+            return None
+        return translate
 
     def _set_mode(self, mode: int) -> None:
         self._fill.mode = mode
