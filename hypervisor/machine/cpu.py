@@ -942,9 +942,13 @@ class Cpu:
             return
         self._watched, self._decide_watched = frozenset(mnemonics), decide
         self._watched_nt = frozenset(when_nt)
+        from .native.blockhook import HAS_WATCHED, HAS_WATCHED_NT, WATCH_KNOWN
         self._blocks.clear()
         self.block_hook.forget()
         r.watch = int(bool(mnemonics))
+        # Blocks with a watched instruction leave the hook's fast path (one mask test per block).
+        r.fast_mask, r.fast_value = ((WATCH_KNOWN | HAS_WATCHED | HAS_WATCHED_NT, WATCH_KNOWN) if mnemonics
+                                     else (0, 0))
 
     def _run_to_watched(self, start: int, size: int, until: int) -> bool:
         """The block at ``start`` holds a watched instruction (``watch_instructions``): run up to

@@ -128,6 +128,9 @@ struct record {
     const volatile uint32_t *cr4_at;  /* QEMU's env->cr[4] (low half), or NULL: no alignment stops */
     uint64_t pass_at;           /* the block start that runs once without STOP_ALIGN or STOP_WATCH; ~0: none */
     int32_t watch;              /* 1: stop before a block with HAS_WATCHED (the monitor's instructions) */
+    uint32_t fast_mask;         /* the fast path takes a known block only if its flags & fast_mask ==
+                                 * fast_value (watching: known, and nothing watched in it) */
+    uint32_t fast_value;
     struct entry cache[CACHE_SIZE];
 };
 
@@ -212,8 +215,7 @@ void hv_block(void *uc, uint64_t address, uint32_t size, void *user_data)
             && *r->flushes_at == r->flushes_seen
             && !io_guarded(r)
             && (!align_guarded(r) || (e->flags & (ALIGN_KNOWN | HAS_ALIGNED)) == ALIGN_KNOWN)
-            && (!r->watch || ((e->flags & (WATCH_KNOWN | HAS_WATCHED)) == WATCH_KNOWN
-                              && (!(e->flags & HAS_WATCHED_NT) || !(*r->eflags_at & EFLAGS_NT)))), 1)) {
+            && (e->flags & r->fast_mask) == r->fast_value, 1)) {
         r->counter = next;
         r->block_address = address;
         r->block_size = size;

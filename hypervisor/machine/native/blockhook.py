@@ -108,6 +108,8 @@ class _Record(ctypes.Structure):
         ("cr4_at", ctypes.c_void_p),
         ("pass_at", ctypes.c_uint64),
         ("watch", ctypes.c_int32),
+        ("fast_mask", ctypes.c_uint32),
+        ("fast_value", ctypes.c_uint32),
         ("cache", _Entry * CACHE_SIZE),
     ]
 
