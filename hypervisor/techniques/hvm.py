@@ -113,6 +113,16 @@ class Hvm(Native):
         super().inject(event)
 
     # -- what exits ---------------------------------------------------------------------------
+    def watch_interrupt_window(self) -> bool:
+        """An interrupt waits for the guest's IF: interrupt-window exiting, for this slice."""
+        watching = super().watch_interrupt_window()
+        self.vmcs.controls.interrupt_window_exiting = watching
+        return watching
+
+    def after_slice(self, ran: int) -> None:
+        super().after_slice(ran)
+        self.vmcs.controls.interrupt_window_exiting = False
+
     def exception_exits(self, event: Event) -> bool:
         if event.kind is EventKind.SOFTWARE:
             return False                    # int n is delivered in the guest; only the bitmap's vectors exit
