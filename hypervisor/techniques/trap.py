@@ -347,8 +347,9 @@ class TrapAndEmulate(Monitor):
         """A descriptor the guest names, from its GDT or (TI set) the LDT its LDTR caches."""
         v = self.vcpu
         if selector & 4:
-            return table_descriptor(self.read_linear, v.ldt_base, v.ldt_limit if v.ldtr & 0xFFFC else -1,
-                                    selector)
+            if not v.ldtr & 0xFFFC:
+                raise DeliveryFault(GP, selector & 0xFFFC, f"selector {selector:#x} names the LDT, and none is loaded")
+            return table_descriptor(self.read_linear, v.ldt_base, v.ldt_limit, selector)
         return table_descriptor(self.read_linear, v.gdt_base, v.gdt_limit, selector)
 
     def rebuild_shadow_gdt(self) -> None:
