@@ -866,27 +866,43 @@ class Cpu:
             known = self._blocks[code] = (n, flags, first_io, first_aligned, first_watched)
         return known
 
-    def _run_to_io(self, start: int, size: int, until: int) -> bool:
-        """The block at ``start`` holds port I/O and runs with CPL > IOPL: run it up to the
-        first I/O instruction, and refuse that one. False when the run ended there (or at
-        the deadline, or elsewhere because a hook acted); True to go on running."""
+    def _run_up_to(self, start: int, size: int, until: int, kind: int) -> int | bool:
+        """Run the block at ``start`` up to its first instruction of a ``kind`` the hook stops
+        for (an index into ``_decode_block``'s offsets: 2 port I/O, 3 an aligned SSE operand,
+        4 a watched instruction): its address, the CPU stopped before it; True where the code
+        changed since the hook learned it (learned again: go on running); False where the run
+        ended first (the deadline, or a hook acted)."""
         r = self._record
-        first_io = self._decode_block(start, size)[2]
-        if first_io < 0:                    # the code changed since the hook learned it
+        first = self._decode_block(start, size)[kind]
+        if first < 0:
             self._learn(start, size)
             r.stopped = 0
             return True
-        before = self._count_instructions(start, first_io)
-        if r.exact and r.counter + before > r.deadline:
+        before = self._count_instructions(start, first)
+        if r.exact and r.counter + before >= r.deadline:
             self._run_prefix(start, size, r.deadline - r.counter, until)
             return False
         if before and not self._run_prefix(start, size, before, until):
             return False
-        at = (start + first_io) & 0xFFFFFFFF
-        insn = next(self._disassembler().disasm_lite(bytes(self.code_reader(at, 16)), at), None)
-        r.counter += 1                      # the refused instruction, as count= counts a fault
+        return (start + first) & 0xFFFFFFFF
+
+    def _held_before(self, at: int) -> tuple[int, int]:
+        """The CPU stays before the instruction at ``at``, which counts as run (the monitor
+        refuses or performs it, as count= counts a faulting instruction): (EIP, its length)."""
+        r = self._record
+        r.counter += 1
         r.block_address, r.block_size, r.block_icount = 0, 0, 0
-        self.refused_io = (at, insn[1] if insn else 1)
+        insn = next(self._disassembler().disasm_lite(bytes(self.code_reader(at, 16)), at), None)
+        return at, insn[1] if insn else 1
+
+    def _run_to_io(self, start: int, size: int, until: int) -> bool:
+        """The block at ``start`` holds port I/O and runs with CPL > IOPL: run it up to the
+        first I/O instruction, and refuse that one. False when the run ended there (or at
+        the deadline, or elsewhere because a hook acted); True to go on running."""
+        at = self._run_up_to(start, size, until, 2)
+        if isinstance(at, bool):
+            return at
+        self.refused_io = self._held_before(at)
         return False
 
     def _run_to_aligned(self, start: int, size: int, until: int) -> bool:
@@ -897,26 +913,14 @@ class Cpu:
         and the run ends. Aligned: it runs alone, with the block hook told to let its
         block start through once, and True says go on running. False also when the run
         ended before it (the deadline, or a hook acted)."""
-        r = self._record
-        first = self._decode_block(start, size)[3]
-        if first < 0:                       # the code changed since the hook learned it
-            self._learn(start, size)
-            r.stopped = 0
-            return True
-        before = self._count_instructions(start, first)
-        if r.exact and r.counter + before >= r.deadline:
-            self._run_prefix(start, size, r.deadline - r.counter, until)
-            return False
-        if before and not self._run_prefix(start, size, before, until):
-            return False
-        at = (start + first) & 0xFFFFFFFF
+        at = self._run_up_to(start, size, until, 3)
+        if isinstance(at, bool):
+            return at
         address = self._operand_address(at)
         if address is not None and address & 15:
-            r.counter += 1                  # the refused instruction, as count= counts a fault
-            r.block_address, r.block_size, r.block_icount = 0, 0, 0
-            self.misaligned = at
+            self.misaligned = self._held_before(at)[0]
             return False
-        return self._run_one(at, size - first, until)
+        return self._run_one(at, (start + size - at) & 0xFFFFFFFF, until)
 
     def _run_one(self, at: int, size: int, until: int) -> bool:
         """Run the one instruction at ``at`` (the CPU stopped before it), the block hook told to
@@ -953,27 +957,15 @@ class Cpu:
     def _run_to_watched(self, start: int, size: int, until: int) -> bool:
         """The block at ``start`` holds a watched instruction (``watch_instructions``): run up to
         it and ask. False when the run ended (there, at the deadline, or a hook acted)."""
-        r = self._record
-        first = self._decode_block(start, size)[4]
-        if first < 0:                       # the code changed since the hook learned it
-            self._learn(start, size)
-            r.stopped = 0
-            return True
-        before = self._count_instructions(start, first)
-        if r.exact and r.counter + before >= r.deadline:
-            self._run_prefix(start, size, r.deadline - r.counter, until)
-            return False
-        if before and not self._run_prefix(start, size, before, until):
-            return False
-        at = (start + first) & 0xFFFFFFFF
+        at = self._run_up_to(start, size, until, 4)
+        if isinstance(at, bool):
+            return at
         if self._decide_watched(at):
-            insn = next(self._disassembler().disasm_lite(bytes(self.code_reader(at, 16)), at), None)
-            r.counter += 1                  # the instruction, performed by the monitor
-            r.block_address, r.block_size, r.block_icount = 0, 0, 0
-            self.watched = (at, insn[1] if insn else 1)
+            self.watched = self._held_before(at)
             return False
         # Run on from it, the block hook told to let its block start through once (not as a
         # one-instruction prefix: a far jmp or an iret goes elsewhere, never to the next one).
+        r = self._record
         r.pass_at = at
         r.stopped = 0
         return True
