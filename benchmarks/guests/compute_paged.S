@@ -1,7 +1,7 @@
 # compute_paged.S - benchmark: compute.S's sieve with paging on (4 KiB pages, identity map).
 # hvsim: paging
 #
-# The same sieve of Eratosthenes as compute.S (its main loop copied line for line: the answer is
+# The same sieve of Eratosthenes as compute.S (benchmarks/guests/include/sieve.S, included: the answer is
 # 148933), run after the kernel has built two-level 32-bit page tables and set CR0.PG. Nothing in
 # the loop exits, so what it measures is what a translation costs each technique when the guest's
 # paging is on: under native Unicorn's own MMU walks the guest's tables; under trap (shadow
@@ -30,48 +30,7 @@ main:
     mov esi, c_name
     call puts
     call paging_on
-    mov ebp, REPEAT
-c_repeat:
-    mov edi, SIEVE
-    mov ecx, SIEVE_N
-    mov al, 1
-    rep stosb
-    mov byte ptr [SIEVE], 0
-    mov byte ptr [SIEVE + 1], 0
-    mov ebx, 2
-c_outer:
-    mov eax, ebx
-    mul eax                             # i * i (EDX is clobbered, and is 0 here)
-    cmp eax, SIEVE_N
-    jae c_count
-    cmp byte ptr [SIEVE + ebx], 0
-    je c_next
-c_inner:
-    mov byte ptr [SIEVE + eax], 0
-    add eax, ebx
-    cmp eax, SIEVE_N
-    jb c_inner
-c_next:
-    inc ebx
-    jmp c_outer
-c_count:
-    xor eax, eax
-    xor esi, esi
-c_count_loop:
-    movzx edx, byte ptr [SIEVE + esi]
-    add eax, edx
-    inc esi
-    cmp esi, SIEVE_N
-    jb c_count_loop
-    dec ebp
-    jnz c_repeat
-    mov esi, c_result
-    call put_kv_dec
-    mov eax, REPEAT
-    mov esi, c_repeats
-    call put_kv_dec
-    mov al, 0
-    ret
+    .include "include/sieve.S"
 
 # Identity-map 0-8 MiB with 4 KiB pages and turn paging on. Preserves nothing but ESP.
 paging_on:

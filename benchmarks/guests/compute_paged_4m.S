@@ -20,48 +20,7 @@ main:
     mov esi, c_name
     call puts
     call paging_on
-    mov ebp, REPEAT
-c_repeat:
-    mov edi, SIEVE
-    mov ecx, SIEVE_N
-    mov al, 1
-    rep stosb
-    mov byte ptr [SIEVE], 0
-    mov byte ptr [SIEVE + 1], 0
-    mov ebx, 2
-c_outer:
-    mov eax, ebx
-    mul eax                             # i * i (EDX is clobbered, and is 0 here)
-    cmp eax, SIEVE_N
-    jae c_count
-    cmp byte ptr [SIEVE + ebx], 0
-    je c_next
-c_inner:
-    mov byte ptr [SIEVE + eax], 0
-    add eax, ebx
-    cmp eax, SIEVE_N
-    jb c_inner
-c_next:
-    inc ebx
-    jmp c_outer
-c_count:
-    xor eax, eax
-    xor esi, esi
-c_count_loop:
-    movzx edx, byte ptr [SIEVE + esi]
-    add eax, edx
-    inc esi
-    cmp esi, SIEVE_N
-    jb c_count_loop
-    dec ebp
-    jnz c_repeat
-    mov esi, c_result
-    call put_kv_dec
-    mov eax, REPEAT
-    mov esi, c_repeats
-    call put_kv_dec
-    mov al, 0
-    ret
+    .include "include/sieve.S"
 
 # Identity-map 0-8 MiB with two 4 MiB pages and turn paging on. Preserves nothing but ESP.
 paging_on:
