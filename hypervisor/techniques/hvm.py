@@ -34,6 +34,7 @@ from __future__ import annotations
 from unicorn import UC_HOOK_INSN
 from unicorn.x86_const import UC_X86_INS_CPUID
 
+from ..errors import UnsupportedGuest
 from ..machine.cpu import CR0, EFLAGS, EIP, TR
 from ..machine.interrupts import NMI
 from ..machine.faults import BusError, GuestFault
@@ -62,6 +63,9 @@ class Hvm(Native):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if not self.pc.tlb.native:
+            raise UnsupportedGuest("hvm's EPT is the C TLB fill (machine/native/tlbfill.c), which is not in use "
+                                   "here (not built, or HVSIM_TLB=cpu); run the guest under native or trap")
         self.vmcs = Vmcs()
         self.injected = 0                      # VM entries that delivered an event
         c = self.vmcs.controls

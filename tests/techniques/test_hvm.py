@@ -144,3 +144,11 @@ def test_json_shows_the_vmcs_controls_in_force():
     text = json.dumps(vmcs)
     for control in ("hlt_exiting", "enable_ept", "external_interrupt_exiting", "use_io_bitmaps", "invlpg_exiting"):
         assert control in text
+
+
+def test_without_the_c_fill_hvm_is_declined_in_one_line(monkeypatch):
+    monkeypatch.setenv("HVSIM_TLB", "cpu")
+    done = subprocess.run([sys.executable, "-m", "hypervisor", "run", str(GUESTS / "hello.S"), "-t", "hvm"],
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "C TLB fill" in lines[0], done.stderr
