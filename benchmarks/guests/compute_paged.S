@@ -8,7 +8,7 @@
 # paging) and hvm (EPT) hvsim's C TLB fill walks them against the guest's CR0/CR3/CR4, and every
 # TLB miss is one such walk (a hidden shadow fault under trap). The sieve's 2,000,000 bytes span
 # 489 pages, more than Unicorn's TLB (256 entries to start with) keeps, and the inner loop sweeps
-# them all again for every small prime: trap counts about 55,600 walks a pass, 556,076 in all. So
+# them all again for every small prime: about 55,600 TLB misses a pass, each a walk under trap. So
 # this guest is paged code under TLB pressure, as real programs are; micro/nano_tlbmiss.S gives
 # the cost of one miss.
 #

@@ -49,8 +49,7 @@ class ShadowPaging:
     """One guest's shadow, in the PC's TLB fill, against the virtual control registers.
 
     ``load`` is called with the guest's virtual CR0/CR3/CR4 whenever the monitor emulates a
-    write to one; ``invalidate`` for invlpg. ``walks`` counts the hidden faults so far (TLB
-    misses answered by walking the guest's tables).
+    write to one; ``invalidate`` for invlpg. ``hidden_faults`` counts the hidden faults so far.
     """
 
     def __init__(self, pc, paging: Paging):
@@ -74,8 +73,11 @@ class ShadowPaging:
         self._pc.tlb.flush()
 
     @property
-    def walks(self) -> int:
-        return self._pc.tlb.walks
+    def hidden_faults(self) -> int:
+        """Hidden faults so far: the first read and first write of each page since each flush,
+        which is when a shadow page table would fault (counted the same run after run, not
+        QEMU's TLB misses, whose number moves with its host-timed resizing)."""
+        return self._pc.tlb.hidden_faults
 
     @staticmethod
     def supports(paging: Paging) -> bool:

@@ -646,13 +646,13 @@ class TrapAndEmulate(Monitor):
             self.mmu.invalidate(linear)
 
     def after_slice(self, ran: int) -> None:
-        """Count the slice's hidden faults: TLB misses the fill answered by walking the guest's
-        tables (each is what a shadow page fault is under real shadow tables)."""
+        """Count the slice's hidden faults (``ShadowPaging.hidden_faults``): the faults a shadow
+        page table would have taken, each fixed by a walk in the fill."""
         if self.mmu is not None:
-            walks = self.mmu.walks
-            if walks != self._walks:
-                self.stats.add(ExitReason.SHADOW_PAGE_FAULT, walks - self._walks)
-                self._walks = walks
+            faults = self.mmu.hidden_faults
+            if faults != self._walks:
+                self.stats.add(ExitReason.SHADOW_PAGE_FAULT, faults - self._walks)
+                self._walks = faults
 
     def paging(self) -> Paging:
         """The virtual CR0, CR3 and CR4: how the guest's linear addresses translate."""

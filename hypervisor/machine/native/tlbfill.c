@@ -126,6 +126,14 @@ struct fill {
     uint32_t qualification;     /* FAULT_EPT: the exit qualification's access and permission bits */
     uint64_t guest_physical;    /* FAULT_EPT, FAULT_BUS: the guest-physical address */
     uint64_t walks;             /* fills answered by a walk of the guest's tables (hidden faults) */
+    /* Hidden faults as a shadow page table would take them, counted the same run after run:
+     * the first read and the first write of each page since the monitor last dropped the
+     * shadow (a CR3 load, invlpg, a paging-mode change: ``epoch`` moves on), whatever QEMU's
+     * TLB, which resizes itself by host time, misses in between. ``seen``: two bytes a page
+     * (read, write), each the epoch it was last counted in; NULL: not counted. */
+    uint8_t *seen;
+    uint8_t epoch;
+    uint64_t hidden_faults;
     const uint8_t *tables_at;   /* QEMU's env->ldt, then tr and gdt (SegmentCache, 24 bytes each),
                                  * or NULL: see implicit_supervisor */
     uint64_t alias_base;        /* SHADOW: a store to a write-protected frame goes to alias_base +
@@ -298,6 +306,19 @@ static int implicit_supervisor(const struct fill *f, uint64_t page)
     return 0;
 }
 
+static void count_hidden(struct fill *f, uint32_t vaddr, int write, int writable)
+{
+    uint8_t *seen = f->seen;
+    uint32_t page = vaddr >> PAGE_SHIFT;
+    if (seen == 0)
+        return;
+    if (write ? seen[2 * page + 1] != f->epoch : seen[2 * page] != f->epoch)
+        f->hidden_faults++;
+    seen[2 * page] = f->epoch;
+    if (write || writable)
+        seen[2 * page + 1] = f->epoch;      /* a shadow entry made writable: no fault on the first store */
+}
+
 /* SHADOW and EPT: translate ``vaddr`` through the guest's tables (when its paging is on),
  * check the result against RAM and the EPT, and fill the entry. */
 static bool walk_fill(struct fill *f, void *uc, uint64_t vaddr, int type, struct uc_tlb_entry *entry)
@@ -317,6 +338,7 @@ static bool walk_fill(struct fill *f, void *uc, uint64_t vaddr, int type, struct
         f->walks++;
         if (!walk32(f, *f->cr0_at, *f->cr3_at, *f->cr4_at, (uint32_t)vaddr, write, user, &gpa, &writable))
             return false;
+        count_hidden(f, (uint32_t)vaddr, write, writable);
     }
     need = write ? EPT_W : fetch ? EPT_X : EPT_R;
     rights = f->ept != 0 ? ept_of(f, gpa)

@@ -103,6 +103,9 @@ class _Fill(ctypes.Structure):
         ("qualification", ctypes.c_uint32),
         ("guest_physical", ctypes.c_uint64),
         ("walks", ctypes.c_uint64),
+        ("seen", ctypes.c_void_p),
+        ("epoch", ctypes.c_uint8),
+        ("hidden_faults", ctypes.c_uint64),
         ("tables_at", ctypes.c_void_p),
         ("alias_base", ctypes.c_uint64),
     ]
@@ -184,6 +187,8 @@ class TlbFill:
         ``memory``: the guest's RAM (its P2M), ``hflags_address``: where QEMU keeps the CPL;
         a store to a frame ``protect``ed goes to ``alias_base`` + its guest-physical address."""
         self._walk_over(memory, hflags_address)
+        self._seen = (ctypes.c_uint8 * (2 * FRAMES_4G))()
+        self._fill.seen, self._fill.epoch = ctypes.addressof(self._seen), 1
         rights = (ctypes.c_uint8 * FRAMES_4G)()
         ctypes.memset(rights, EPT_MMIO, FRAMES_4G)          # not RAM: a device, or nothing
         ctypes.memset(rights, EPT_RWX, min(len(memory.p2m), FRAMES_4G))
@@ -283,14 +288,25 @@ class TlbFill:
 
     def flush(self) -> None:
         """Drop every TLB entry (a CR3 load, invlpg: the shadow is rebuilt by later fills)."""
+        f = self._fill
+        if f.seen:                             # a new epoch of hidden faults (tlbfill.c count_hidden)
+            f.epoch = f.epoch % 255 + 1
+            if f.epoch == 1:
+                ctypes.memset(self._seen, 0, ctypes.sizeof(self._seen))
         err = _uc.uc_ctl(self._cpu.uc._uch, CTL_TLB_FLUSH)
         if err:
             raise OSError(f"uc_ctl(TLB flush) failed: {_uc.uc_strerror(err).decode()}")
 
     @property
     def walks(self) -> int:
-        """Fills answered by a walk of the guest's tables: the hidden (shadow) faults so far."""
+        """Fills answered by a walk of the guest's tables (every TLB miss with paging on)."""
         return self._fill.walks if self.native else 0
+
+    @property
+    def hidden_faults(self) -> int:
+        """The hidden faults a shadow page table would have taken so far (SHADOW mode): the first
+        read and the first write of each page since each flush, as deterministic as the guest."""
+        return self._fill.hidden_faults if self.native else 0
 
     # -- the slice loop's side -------------------------------------------------------------
     def after_run(self, error: Exception | None) -> "bool | TranslationFault":
