@@ -67,14 +67,18 @@ def test_paged_guest_prints_the_same_under_every_technique_as_under_qemu(name, t
     assert len(counts) == 1
 
 
-def test_trap_walks_the_guests_tables_for_the_paged_sieve(tmp_path):
+def test_trap_counts_the_hidden_faults_a_shadow_would_take_for_the_paged_sieve(tmp_path):
     """Under trap every TLB miss of the paged sieve is a walk of the guest's tables in the C
-    fill, counted as a shadow page fault; with paging off there are none."""
-    def walks(name):
+    fill; the hidden faults counted are those a shadow page table would take (the first read and
+    write of each page; nothing flushes during the sieve), the same number every run, however
+    often QEMU's TLB misses; with paging off there are none."""
+    def hidden(name):
         copy = edited_copy(GUEST_DIR / f"{name}.S", "REPEAT = 10", "REPEAT = 1", tmp_path)
         return run_image(build_image(copy), technique="trap").exits.get("shadow_page_fault", 0)
-    assert walks("compute") == 0
-    assert walks("compute_paged") > 489          # the sieve's pages, missed more than once each
+    assert hidden("compute") == 0
+    first = hidden("compute_paged")
+    assert 489 <= first < 600                     # the sieve's 489 pages, the kernel's, the tables'
+    assert hidden("compute_paged") == first
 
 
 def test_raw_fill_is_not_asked_to_run_a_guest_that_turns_paging_on():
