@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from hypervisor.errors import UnsupportedGuest
 from hypervisor.session import run_image
 
 QEMU = "qemu-system-i386"

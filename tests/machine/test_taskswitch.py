@@ -16,7 +16,6 @@ import struct
 from pathlib import Path
 
 import pytest
-from unicorn import x86_const as X
 
 from hypervisor.errors import UnsupportedGuest
 from hypervisor.machine.cpu import (CR0, CR3, CR4, CS, DS, EAX, EBP, EBX, ECX, EDI, EDX, EFLAGS, EIP, ES, ESI,

@@ -48,7 +48,6 @@ from unicorn import unicorn_const as U
 from unicorn import x86_const as X
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from unicorn import UC_MEM_WRITE
 
