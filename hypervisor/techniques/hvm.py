@@ -24,10 +24,16 @@ control registers) and what differs is the accounting of what would exit, and me
   the run; a write to a page write-protected for dirty logging is an EPT violation the
   monitor absorbs (``Ept.start_dirty_log``).
 
-What is not modelled: exits on CR accesses, INVLPG and RDTSC (their controls exist in the
-VMCS but are off, as for an EPT guest; Unicorn runs those instructions without a hook), and
-RDMSR/WRMSR exits (Unicorn runs them itself; the MSR bitmaps are all zeros, so the MSRs
-they cover would not exit anyway, and the rest would, which is not modelled).
+* **Instructions that exit** besides CPUID and HLT: invlpg (INVLPG exiting, which KVM leaves off
+  under EPT; here the fill hands Unicorn 4 KiB pieces of a 4 MiB page, which only the monitor
+  can drop together) and the instructions that switch tasks (far jmp/call to a TSS or task gate,
+  iret with NT: VT-x exits on every task switch). The block hook stops before them
+  (``Cpu.watch_instructions``), and the monitor performs them.
+
+What is not modelled: exits on CR accesses and RDTSC (their controls exist in the VMCS but are
+off, as for an EPT guest; Unicorn runs those instructions without a hook), and RDMSR/WRMSR
+exits (Unicorn runs them itself; the MSR bitmaps are all zeros, so the MSRs they cover would
+not exit anyway, and the rest would, which is not modelled).
 """
 from __future__ import annotations
 
