@@ -91,23 +91,6 @@ fr_found:
     pop esi
     ret
 
-# sum_bytes: AL = the sum of ECX bytes at ESI (mod 256).
-sum_bytes:
-    push esi
-    push ecx
-    push edx
-    xor edx, edx
-sb_loop:
-    add dl, byte ptr [esi]
-    inc esi
-    dec ecx
-    jnz sb_loop
-    mov eax, edx
-    pop edx
-    pop ecx
-    pop esi
-    ret
-
 # put_checksum: prints whether the ACPI table at EAX sums to 0 over its header's length.
 put_checksum:
     push esi
@@ -121,22 +104,6 @@ put_checksum:
     mov esi, a_sum_bad
 pc_print:
     call puts
-    pop ecx
-    pop esi
-    ret
-
-# put_chars: prints ECX bytes at ESI.
-put_chars:
-    push esi
-    push ecx
-    push eax
-pch_loop:
-    mov al, byte ptr [esi]
-    call putc
-    inc esi
-    dec ecx
-    jnz pch_loop
-    pop eax
     pop ecx
     pop esi
     ret
@@ -398,19 +365,6 @@ sp_same:
 sp_out:
     ret
 
-# put_yes_no: ESI = label, EAX = 0 or not.
-put_yes_no:
-    push esi
-    call puts
-    mov esi, a_yes
-    test eax, eax
-    jnz pyn_print
-    mov esi, a_no
-pyn_print:
-    call puts
-    pop esi
-    ret
-
 a_name:          .asciz "acpi\n"
 a_rsdp:          .asciz "RSDP at: "
 a_rsdp_rev:      .asciz "RSDP revision: "
@@ -458,12 +412,11 @@ a_e_lint:        .asciz " LINT"
 a_tmr_changes:   .asciz "PM timer advances: "
 a_tmr_24:        .asciz "PM timer fits in 24 bits: "
 a_tmr_misaligned: .asciz "PM timer inw at PM_TMR_BLK+1: "
-a_yes:           .asciz "yes\n"
-a_no:            .asciz "no\n"
 .balign 4, 0
 a_sig:           .long 0, 0             # the signature being shown, NUL-terminated
 a_rsdt_at:       .long 0
 a_fadt_at:       .long 0
 a_madt_at:       .long 0
 
+.include "include/tables.S"
 .include "runtime.S"

@@ -89,52 +89,6 @@ fm_found:
     pop esi
     ret
 
-# sum_bytes: AL = the sum of ECX bytes at ESI (mod 256).
-sum_bytes:
-    push esi
-    push ecx
-    push edx
-    xor edx, edx
-sb_loop:
-    add dl, byte ptr [esi]
-    inc esi
-    dec ecx
-    jnz sb_loop
-    mov eax, edx
-    pop edx
-    pop ecx
-    pop esi
-    ret
-
-# put_chars: prints ECX bytes at ESI.
-put_chars:
-    push esi
-    push ecx
-    push eax
-pch_loop:
-    mov al, byte ptr [esi]
-    call putc
-    inc esi
-    dec ecx
-    jnz pch_loop
-    pop eax
-    pop ecx
-    pop esi
-    ret
-
-# put_yes_no: ESI = label, EAX = 0 or not.
-put_yes_no:
-    push esi
-    call puts
-    mov esi, m_yes
-    test eax, eax
-    jnz pyn_print
-    mov esi, m_no
-pyn_print:
-    call puts
-    pop esi
-    ret
-
 # put_field: ESI = label, EAX = value printed in decimal, no newline.
 put_field:
     call puts
@@ -318,7 +272,6 @@ m_src_bus:      .asciz " bus "
 m_src_irq:      .asciz " irq "
 m_dst_apic:     .asciz " -> APIC "
 m_dst_pin:      .asciz " pin "
-m_yes:          .asciz "yes\n"
-m_no:           .asciz "no\n"
 
+.include "include/tables.S"
 .include "runtime.S"
