@@ -44,7 +44,7 @@ from ..errors import UnsupportedGuest
 from ..machine.cpu import CR0, EFLAGS, EIP, TR
 from ..machine.interrupts import NMI
 from ..machine.faults import BusError, GuestFault
-from ..machine.taskswitch import NewTaskFault, is_task_target, switch_by_instruction
+from ..machine.taskswitch import is_task_target
 from ..machine.native.tlbfill import FAULT_EPT
 from ..memory.ept import Ept
 from ..vmm.decode import Imm, Instruction, Mem
@@ -217,25 +217,10 @@ class Hvm(Native):
         self.exit_began()
         insn = self.fetch(exit.eip)
         source, selector = self._task_switch(insn) if insn else (None, None)
-        view = self.delivery_view()
-        next_eip = (exit.eip + exit.length) & 0xFFFFFFFF
-        try:
-            switch_by_instruction(view, selector or 0, source or "iret", next_eip)
-        except NewTaskFault as e:
-            # Raised with the new task loaded, but QEMU's helper restores EIP to the switching
-            # instruction's before it raises: the frame has the new task's CS and stack, and
-            # the old EIP.
-            self._switch_recorded(exit, insn, source, selector)
-            self.cpu.write(EIP, exit.eip)
-            self.inject_fault(e.fault, exit.eip)
-            return
-        except GuestFault as fault:
-            self.cpu.write(EIP, exit.eip)
-            self.inject_fault(fault, exit.eip)
-            return
-        self._switch_recorded(exit, insn, source, selector)
+        if self.switch_tasks(selector or 0, source or "iret", exit.eip, exit.length):
+            self._switch_recorded(exit, insn, source)
 
-    def _switch_recorded(self, exit: Exit, insn, source: str | None, selector: int | None) -> None:
+    def _switch_recorded(self, exit: Exit, insn, source: str | None) -> None:
         tr = self.cpu.segment_register(TR)[0]
         q = tr | (_SWITCH_SOURCE.get(source or "iret", 1) << 30)
         self.record(ExitReason.TASK_SWITCH, exit.eip, "task-switch",

@@ -69,7 +69,7 @@ from ..machine.interrupts import (GP, NP, SS_FAULT, CpuFrame, DeliveryFault, del
                                   through_call_gate)
 from ..memory.shadow import ShadowPaging
 from ..memory.walker import CR0_PG, CR4_PAE, EventMemory, GuestAddressSpace, Paging, translate
-from ..machine.taskswitch import TS_VECTOR, NewTaskFault, switch_by_instruction
+from ..machine.taskswitch import TS_VECTOR
 from ..vmm.decode import MAX_INSN, SEGMENT_REGISTERS, Imm, Instruction, Mem, Reg, decode
 from ..vmm.emulate import EMULATORS, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, TRANSFERS, Unemulated
 from ..vmm.exits import Exit, ExitReason
@@ -897,13 +897,8 @@ class TrapAndEmulate(Monitor):
         """A far jmp or call to a TSS or task gate, or an iret with NT set: the shadow shows the
         CPU no TSS (and the real TR is the monitor's), so the monitor switches the *virtual*
         task, with the machine's one switch (``VirtualTaskCpu``)."""
-        view = self.delivery_view()
-        try:
-            switch_by_instruction(view, selector, source, (exit.eip + insn.size) & 0xFFFFFFFF)
-        except NewTaskFault as e:
-            # QEMU raises it with the new task loaded and EIP restored to the instruction's.
-            self.cpu.write(EIP, exit.eip)
-            self.inject_fault(e.fault, exit.eip)
+        if not self.switch_tasks(selector, source, exit.eip, insn.size):
+            return
         self.record(ExitReason.TASK_SWITCH, exit.eip, "task-switch",
                     f"{insn.text}: a hardware task switch, made by the monitor on the virtual TR, CR3 and "
                     f"selectors (the shadow GDT shows the CPU no TSS)", insn)

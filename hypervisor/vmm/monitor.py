@@ -44,6 +44,7 @@ from ..machine.interrupts import (EXCEPTION_NAMES, GP, NMI, PF, UD, VECTORS_WITH
                                   deliver_with_escalation)
 from ..machine.native.loader import uc_hook_add
 from ..machine.pc import PC
+from ..machine.taskswitch import NewTaskFault, switch_by_instruction
 from ..memory.walker import PF_P, PF_RSVD
 from .decode import MAX_INSN, Instruction, Mem, Reg, Imm, SEGMENT_REGISTERS, decode
 from .exits import Exit, ExitReason, ExitStats
@@ -545,6 +546,19 @@ class Monitor:
         else:
             self.stats.add(reason)
         self.inject(Event(vector, EventKind.EXTERNAL, None, eip))
+
+    def switch_tasks(self, selector: int, source: str, eip: int, length: int) -> bool:
+        """A task switch the instruction at ``eip`` makes (a far jmp or call to ``selector``, or an
+        iret: machine/taskswitch.py), made by the monitor on the view's CPU. A fault before the
+        switch is the old task's; one after it is raised with the new task loaded and EIP
+        restored to the instruction's, as QEMU's helper restores it. True when the switch was made."""
+        try:
+            switch_by_instruction(self.delivery_view(), selector, source, (eip + length) & 0xFFFFFFFF)
+        except (NewTaskFault, GuestFault) as e:
+            self.cpu.write(EIP, eip)
+            self.inject_fault(e.fault if isinstance(e, NewTaskFault) else e, eip)
+            return isinstance(e, NewTaskFault)
+        return True
 
     def inject_fault(self, fault: GuestFault, eip: int) -> None:
         """A fault found by the monitor itself (emulating, reading a guest table)."""
