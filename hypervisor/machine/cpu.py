@@ -965,6 +965,8 @@ class Cpu:
             return False
         # Run on from it, the block hook told to let its block start through once (not as a
         # one-instruction prefix: a far jmp or an iret goes elsewhere, never to the next one).
+        # The whole block passes unwatched, which is safe because QEMU ends a translated block
+        # after each instruction hvm watches (invlpg, far jmp/call, iret): it is the last one.
         r = self._record
         r.pass_at = at
         r.stopped = 0

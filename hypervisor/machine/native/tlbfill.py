@@ -215,7 +215,8 @@ class TlbFill:
             raise OSError(f"the C TLB fill is needed to virtualize memory: {why_not(EXTENSION) or 'not loaded'}")
         f = self._fill
         f.tables_at = self._cpu.descriptor_tables_address()
-        self._know_memory(memory)
+        if not f.p2m:                        # (the monitor's walker may have given it already)
+            self._know_memory(memory)
         f.hflags_at = hflags_address
 
     def _know_memory(self, memory) -> None:
