@@ -125,7 +125,6 @@ struct fill {
     uint32_t error_code;        /* FAULT_PF: the #PF error code */
     uint32_t qualification;     /* FAULT_EPT: the exit qualification's access and permission bits */
     uint64_t guest_physical;    /* FAULT_EPT, FAULT_BUS: the guest-physical address */
-    uint64_t walks;             /* fills answered by a walk of the guest's tables (hidden faults) */
     /* Hidden faults as a shadow page table would take them, counted the same run after run:
      * the first read and the first write of each page since the monitor last dropped the
      * shadow (a CR3 load, invlpg, a paging-mode change: ``epoch`` moves on), whatever QEMU's
@@ -335,7 +334,6 @@ static bool walk_fill(struct fill *f, void *uc, uint64_t vaddr, int type, struct
             f->fault = FAULT_UNSUPPORTED;       /* PAE: the monitor says so and ends the run */
             return false;
         }
-        f->walks++;
         if (!walk32(f, *f->cr0_at, *f->cr3_at, *f->cr4_at, (uint32_t)vaddr, write, user, &gpa, &writable))
             return false;
         count_hidden(f, (uint32_t)vaddr, write, writable);

@@ -101,7 +101,6 @@ class _Fill(ctypes.Structure):
         ("error_code", ctypes.c_uint32),
         ("qualification", ctypes.c_uint32),
         ("guest_physical", ctypes.c_uint64),
-        ("walks", ctypes.c_uint64),
         ("seen", ctypes.c_void_p),
         ("epoch", ctypes.c_uint8),
         ("hidden_faults", ctypes.c_uint64),
@@ -296,11 +295,6 @@ class TlbFill:
         err = _uc.uc_ctl(self._cpu.uc._uch, CTL_TLB_FLUSH)
         if err:
             raise OSError(f"uc_ctl(TLB flush) failed: {_uc.uc_strerror(err).decode()}")
-
-    @property
-    def walks(self) -> int:
-        """Fills answered by a walk of the guest's tables (every TLB miss with paging on)."""
-        return self._fill.walks if self.native else 0
 
     @property
     def hidden_faults(self) -> int:
