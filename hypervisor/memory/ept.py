@@ -54,10 +54,6 @@ class Ept:
         self.rights[page] = 0
         self.on_change()
 
-    def rights_of(self, gpa: int) -> int:
-        page = gpa >> PAGE_SHIFT
-        return self.rights[page] if page < FRAMES_4G else 0
-
     # -- dirty logging --------------------------------------------------------------------
     def start_dirty_log(self) -> None:
         """Every RAM page read-only to the guest: its first write will say it is dirty."""

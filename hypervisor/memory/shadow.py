@@ -79,10 +79,6 @@ class ShadowPaging:
         QEMU's TLB misses, whose number moves with its host-timed resizing)."""
         return self._pc.tlb.hidden_faults
 
-    @staticmethod
-    def supports(paging: Paging) -> bool:
-        """32-bit paging (or none); PAE is not walked by the fill."""
-        return not (paging.cr0 & CR0_PG and paging.cr4 & CR4_PAE)
 
 
 _CR0_FLUSH = CR0_PG | (1 << 16)                   # PG, WP

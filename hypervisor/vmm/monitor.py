@@ -326,6 +326,8 @@ class Monitor:
         if outcome is True:             # CR0.PG set under the C TLB fill: rerun from EIP on the CPU's walker
             return self.slice_exit or Exit(ExitReason.PREEMPTION_TIMER, cpu.read(EIP))
         if outcome:                     # a walking TLB fill refused a translation: EIP on the instruction
+            if pc.stop_requested:       # (in what the CPU ran after the run's end was asked: not seen)
+                return self.slice_exit
             return self.slice_exit or self.translation_fault(outcome, cpu.read(EIP))
         if error is not None:
             return Exit(ExitReason.GUEST_CRASH, cpu.read(EIP), detail=f"{error} at EIP {cpu.read(EIP):#010x}")

@@ -135,6 +135,29 @@ def test_dirty_logging_reports_the_pages_written(tmp_path):
     assert result.exits["ept_violation"] >= 2
 
 
+def test_after_the_dirty_log_stops_writes_exit_no_more(tmp_path):
+    body = "mov dword ptr [0x300000], 1\n mov dword ptr [0x305004], 2\n" + EXIT
+    domain = build_domain(guest(tmp_path, body), technique="hvm")
+    try:
+        domain.monitor.ept.start_dirty_log()
+        domain.monitor.ept.stop_dirty_log()
+        result = domain.run()
+    finally:
+        domain.destroy()
+    assert result.exit_code == 0 and "ept_violation" not in result.exits
+
+
+def test_a_ram_page_taken_out_of_the_ept_is_out_of_the_guests_reach(tmp_path):
+    domain = build_domain(guest(tmp_path, "mov eax, dword ptr [0x300010]\n" + EXIT), technique="hvm",
+                          trace=None)
+    try:
+        domain.monitor.ept.unmap(0x300)
+        result = domain.run()
+    finally:
+        domain.destroy()
+    assert result.halted_reason.startswith("guest crash: EPT violation: read from gpa 0x300010"), result.halted_reason
+
+
 def test_json_shows_the_vmcs_controls_in_force():
     done = subprocess.run([sys.executable, "-m", "hypervisor", "run", str(GUESTS / "hello.S"), "-t", "hvm", "--json"],
                           capture_output=True, text=True, timeout=120)

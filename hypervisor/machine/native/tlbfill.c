@@ -123,7 +123,8 @@ struct fill {
     /* -- what a refused fill leaves for the monitor -- */
     volatile int32_t fault;     /* FAULT_*; 0 when the last refusal was not this file's */
     uint32_t error_code;        /* FAULT_PF: the #PF error code */
-    uint32_t qualification;     /* FAULT_EPT: the exit qualification's access and permission bits */
+    uint32_t qualification;     /* FAULT_EPT: the exit qualification's access and permission bits;
+                                 * FAULT_BUS: bit 8 as for EPT (the access itself, or a walk's) */
     uint64_t guest_physical;    /* FAULT_EPT, FAULT_BUS: the guest-physical address */
     /* Hidden faults as a shadow page table would take them, counted the same run after run:
      * the first read and the first write of each page since the monitor last dropped the
@@ -222,6 +223,7 @@ static volatile uint32_t *walk_read(struct fill *f, uint64_t gpa)
     if (at == 0) {
         f->fault = FAULT_BUS;
         f->guest_physical = gpa;
+        f->qualification = 0;                   /* a walk's access, at the entry's own address */
     }
     return at;
 }
@@ -363,6 +365,7 @@ static bool walk_fill(struct fill *f, void *uc, uint64_t vaddr, int type, struct
         } else {
             f->fault = FAULT_BUS;               /* nothing there, or the monitor's own memory */
             f->guest_physical = gpa;
+            f->qualification = 1u << 8;         /* the access itself: the page, its offset is CR2's */
         }
         return false;
     }

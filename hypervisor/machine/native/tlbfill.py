@@ -66,6 +66,7 @@ MODE_IDENTITY, MODE_SHADOW, MODE_EPT = 0, 1, 2                      # tlbfill.c'
 FAULT_NONE, FAULT_PF, FAULT_EPT, FAULT_BUS, FAULT_UNSUPPORTED = 0, 1, 2, 3, 4
 EPT_R, EPT_W, EPT_X, EPT_MMIO = 1, 2, 4, 8                          # per-frame rights (tlbfill.c)
 EPT_RWX = EPT_R | EPT_W | EPT_X
+EPT_TRANSLATION = 1 << 8             # qualification: the access itself, not a walk of the guest's tables
 FRAMES_4G = 1 << 20                                                 # 4 KiB frames below 4 GiB
 
 _warned = False
@@ -325,8 +326,11 @@ class TlbFill:
         kind, f.fault = f.fault, FAULT_NONE
         if error is None or kind == FAULT_NONE or getattr(error, "errno", None) != UC_ERR_EXCEPTION:
             return False
-        return TranslationFault(kind, self._cpu.invalid_address(), f.error_code, f.qualification,
-                                f.guest_physical if kind in (FAULT_EPT, FAULT_BUS) else None)
+        linear = self._cpu.invalid_address()
+        gpa = f.guest_physical if kind in (FAULT_EPT, FAULT_BUS) else None
+        if gpa is not None and f.qualification & EPT_TRANSLATION:
+            gpa |= linear & 0xFFF       # the fill is told the page; the access's own offset is CR2's
+        return TranslationFault(kind, linear, f.error_code, f.qualification, gpa)
 
     def _use(self, mode: int) -> None:
         handle = self._cpu.uc._uch
