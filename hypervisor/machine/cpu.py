@@ -68,6 +68,7 @@ import re
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR, Uc, UcError
 from unicorn import x86_const as X
@@ -128,12 +129,29 @@ class _Batch:
 _NO_PASS = (1 << 64) - 1                 # blockhook.NO_PASS
 
 
-def _is_watched(watched: frozenset[str], name: str, op_str: str) -> bool:
+def _is_watched(watched: frozenset[str], narrowed, name: str, op_str: str, raw: bytes) -> bool:
     """Is this instruction one of ``watched``? A far jmp or call through memory is ``jmp far``
-    or ``call far`` there (capstone names it ``jmp``/``call`` with a ``ptr`` operand of no size)."""
+    or ``call far`` there (capstone names it ``jmp``/``call`` with a ``ptr`` operand of no size).
+    A mnemonic with a test in ``narrowed`` is watched only where the test passes on its bytes."""
     if name in watched:
-        return True
+        test = narrowed.get(name)
+        return test is None or test(raw)
     return name in ("jmp", "call") and op_str.startswith("ptr ") and f"{name} far" in watched
+
+
+# The watched instructions after which QEMU 5.0 (Unicorn's target/i386/translate.c) ends its
+# translated block (gen_eob): they change state the translation depends on (CR0, CR4, the
+# TLB) or jump away. A mov *from* a CR, rdmsr and wrmsr do not end it.
+_LAST_IN_BLOCK = frozenset({"invlpg", "ljmp", "lcall", "iret", "iretd", "clts", "lmsw"})
+
+
+def _ends_block(name: str, op_str: str) -> bool:
+    """Does QEMU end its translated block right after this instruction (capstone's name and operands)?"""
+    if name == "mov":
+        return op_str.startswith("cr")          # mov crN, reg; not mov reg, crN
+    if name in ("jmp", "call"):
+        return op_str.startswith("ptr ")        # the far forms through memory
+    return name in _LAST_IN_BLOCK
 
 
 def _needs_alignment(mnemonic: str) -> bool:
@@ -715,13 +733,14 @@ class Cpu:
         self._stop_count = 0                # and the count there
         self._failed = False                # the last run ended with a UcError
         self._partials: dict[tuple[int, int, int, int], int] = {}
-        self._blocks: dict[bytes, tuple[int, int, int]] = {}   # code -> (icount, flags, first I/O offset)
+        self._blocks: dict[bytes, tuple] = {}   # code -> _decode_block's answer
         self._disasm = None
         self.refused_io: tuple[int, int] | None = None   # (EIP, length) of port I/O the guard refused
         self.misaligned: int | None = None   # EIP of an SSE instruction whose operand must be aligned and is not
         self.watched: tuple[int, int] | None = None   # (EIP, length) of a watched instruction for the monitor
         self._watched: frozenset[str] = frozenset()
         self._watched_nt: frozenset[str] = frozenset()
+        self._narrowed: dict = {}
         self._decide_watched = None
         self._fault_mark: tuple[int, int] | None = None  # (counter, block) when a fault hook last ran
         # How the counter reads guest code by linear address; the monitor that runs the CPU
@@ -831,39 +850,41 @@ class Cpu:
         icount, flags = self._decode_block(address, size)[:2]
         self.block_hook.learn(address, size, icount, flags)
 
-    def _decode_block(self, address: int, size: int) -> tuple[int, int, int, int, int]:
+    def _decode_block(self, address: int, size: int) -> tuple[int, int, int, int, int, bool]:
         """(instructions, cache flags, offset of the first in/out/ins/outs, of the first SSE
-        instruction that needs its 16-byte operand aligned, of the first watched instruction;
-        each -1 where there is none) of the ``size`` bytes at linear ``address`` (bytes that do
-        not decode: one instruction, the one that faults)."""
+        instruction that needs its 16-byte operand aligned, of the first watched instruction,
+        each -1 where there is none; whether QEMU ends its block after that watched one) of the
+        ``size`` bytes at linear ``address`` (bytes that do not decode: one instruction, the one
+        that faults)."""
         from .native.blockhook import (ALIGN_KNOWN, HAS_ALIGNED, HAS_IO, HAS_WATCHED, HAS_WATCHED_NT, IO_KNOWN,
                                        WATCH_KNOWN)
         try:
             code = bytes(self.code_reader(address, size))
         except Exception:                   # unreadable: the block is one faulting instruction
-            return 1, IO_KNOWN | ALIGN_KNOWN | WATCH_KNOWN, -1, -1, -1
+            return 1, IO_KNOWN | ALIGN_KNOWN | WATCH_KNOWN, -1, -1, -1, True
         known = self._blocks.get(code)
         if known is None:
             n = end = 0
             first_io = first_aligned = first_watched = -1
-            watched, when_nt = self._watched, self._watched_nt
-            nested = False
+            watched, when_nt, narrowed = self._watched, self._watched_nt, self._narrowed
+            nested = last = False
             for offset, length, mnemonic, op_str in self._disassembler().disasm_lite(code, 0):
                 name = mnemonic.split()[-1]
                 if first_io < 0 and name in _IO_MNEMONICS:
                     first_io = offset
                 if first_aligned < 0 and "xmmword" in op_str and _needs_alignment(mnemonic):
                     first_aligned = offset
-                if first_watched < 0 and watched and _is_watched(watched, name, op_str):
+                if first_watched < 0 and watched and _is_watched(watched, narrowed, name, op_str,
+                                                                 code[offset:offset + length]):
                     first_watched = offset
-                    nested = name in when_nt
+                    nested, last = name in when_nt, _ends_block(name, op_str)
                 n, end = n + 1, end + length
             n += 1 if end < size else 0
             flags = IO_KNOWN | ALIGN_KNOWN | WATCH_KNOWN | (HAS_IO if first_io >= 0 else 0)
             flags |= HAS_ALIGNED if first_aligned >= 0 else 0
             if first_watched >= 0:
                 flags |= HAS_WATCHED_NT if nested else HAS_WATCHED
-            known = self._blocks[code] = (n, flags, first_io, first_aligned, first_watched)
+            known = self._blocks[code] = (n, flags, first_io, first_aligned, first_watched, last)
         return known
 
     def _run_up_to(self, start: int, size: int, until: int, kind: int) -> int | bool:
@@ -932,20 +953,25 @@ class Cpu:
         finally:
             r.pass_at = _NO_PASS
 
-    def watch_instructions(self, mnemonics: frozenset[str], decide, when_nt: frozenset[str] = frozenset()) -> None:
+    def watch_instructions(self, mnemonics: frozenset[str], decide, when_nt: frozenset[str] = frozenset(),
+                           narrowed: dict[str, Callable[[bytes], bool]] | None = None) -> None:
         """Stop before every instruction with one of these mnemonics (capstone's, last word:
         ``invlpg``, ``ljmp``, ``iretd``; ``jmp far``/``call far`` for the far forms through
         memory), with every instruction before it in its block done,
         and ask ``decide(eip)``: True, the run ends there with ``watched`` = (EIP, length), the
         instruction counted as run (the monitor performs it, as VT-x exits on it); False, it
         runs on the CPU, and the run goes on. Those also in ``when_nt`` (an iret) stop the CPU only
-        while EFLAGS.NT is set (the block hook looks). Needs block counting; with ``count=``
-        nothing is watched."""
+        while EFLAGS.NT is set (the block hook looks). A mnemonic with a test in ``narrowed`` is
+        watched only where the test passes on the instruction's bytes (``mov``: only to or from a
+        control register): the test runs once per block, when the block is first seen, so a
+        block without a watched instruction still costs one mask test. Needs block counting;
+        with ``count=`` nothing is watched."""
         r = self._record
         if r is None:
             return
         self._watched, self._decide_watched = frozenset(mnemonics), decide
         self._watched_nt = frozenset(when_nt)
+        self._narrowed = dict(narrowed or {})
         from .native.blockhook import HAS_WATCHED, HAS_WATCHED_NT, WATCH_KNOWN
         self._blocks.clear()
         self.block_hook.forget()
@@ -963,10 +989,16 @@ class Cpu:
         if self._decide_watched(at):
             self.watched = self._held_before(at)
             return False
+        if not self._decode_block(start, size)[5]:
+            # QEMU's block goes on after it (rdmsr, wrmsr, mov from a CR), and may hold another
+            # watched instruction: run this one alone, then go on watching. Where it faulted
+            # (a #GP at CPL 3), the CPU stopped inside the handler the fault was delivered to,
+            # or at the address after it: go on from there too, unless a hook ended the run.
+            return self._run_one(at, (start + size - at) & 0xFFFFFFFF, until) or self._stop_eip is None
         # Run on from it, the block hook told to let its block start through once (not as a
         # one-instruction prefix: a far jmp or an iret goes elsewhere, never to the next one).
-        # The whole block passes unwatched, which is safe because QEMU ends a translated block
-        # after each instruction hvm watches (invlpg, far jmp/call, iret): it is the last one.
+        # The whole block passes unwatched, which is safe because QEMU ends its translated
+        # block right after this instruction (``_ends_block``): it is the block's last.
         r = self._record
         r.pass_at = at
         r.stopped = 0
