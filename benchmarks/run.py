@@ -118,7 +118,10 @@ MICRO_PAIRS = [
               raw_runs=False),
     MicroPair("ptemod", "nano_ptemod.S", "nano_pg_base.S", "PTE write to another frame, invlpg, read through it"),
     MicroPair("tlbmiss", "nano_tlbmiss.S", "nano_tlbmiss_base.S",
-              "TLB miss after a CR3 reload: one walk of the guest's tables (trap: a hidden shadow fault)"),
+              "TLB miss after a CR3 reload of the same value (trap: refilled from the cached shadow)"),
+    MicroPair("shadowfault", "nano_shadowfault.S", "nano_shadowfault_base.S",
+              "store of a PTE's own value, read of its page (trap: the store drops the shadow entry, "
+              "the read is a hidden shadow fault)"),
     MicroPair("cli", "trap_cli.S", "trap_base.S", "privileged instruction (cli), trapped where the technique traps it"),
 ]
 

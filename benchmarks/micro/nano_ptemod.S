@@ -7,9 +7,10 @@
 # The values read are summed and checked at the end (exit code 1 if a read ever saw the old
 # frame), so a technique that let a stale translation survive the invlpg fails the benchmark
 # instead of timing it. Under native Unicorn's MMU drops the one page and walks the tables
-# again; under trap the PTE write is plain data (the shadow is a virtual TLB, memory/shadow.py),
-# the invlpg is a #GP at ring 1 that the monitor emulates by flushing the whole TLB, and the
-# refills are hidden faults in the C fill; under hvm the invlpg exits (INVLPG exiting) and the
+# again; under trap the page table is write-protected (the shadow was built from it,
+# memory/shadow.py), so the PTE write goes through the alias window and drops the page's shadow
+# entry, the invlpg is a #GP at ring 1 that the monitor emulates (the entry, and the whole TLB),
+# and the read is a hidden fault in the C fill; under hvm the invlpg exits (INVLPG exiting) and the
 # monitor flushes the TLB too. Paired with nano_pg_base.S (a `nop` for each of the write, the
 # invlpg and the read), and itself the baseline of nano_pgfault.S, which differs from it only in
 # the PTE it writes: not present.

@@ -4,10 +4,10 @@
 # The loop reads one word from each of 128 distinct pages (0x680000-0x6fffff) in turn and,
 # after the last, reloads CR3 with its own value: the reload empties the TLB (every entry: the
 # map has no global pages), so every read is a miss that a page walk must answer. Under native
-# Unicorn's MMU walks the tables; under trap the C fill walks them against the virtual CR3
-# (a "hidden shadow fault": real shadow page tables would take a fault into the monitor here,
-# the virtual TLB answers it in C, and trap counts each walk as a shadow_page_fault exit); under
-# hvm the same fill walks the guest's own CR3 and checks the EPT. Paired with nano_tlbmiss_base.S
+# Unicorn's MMU walks the tables; under trap the C fill answers from the cached shadow of the
+# address space, which a reload of the same CR3 keeps (the first pass over the pages fills it:
+# 128 hidden faults, then none); under hvm the same fill walks the guest's own CR3 and checks the
+# EPT. Paired with nano_tlbmiss_base.S
 # (a `nop` for the read, the same CR3 reloads), so (t - t_base) / K is the cost of one miss.
 #
 # The pages sit where Unicorn's TLB (QEMU's softmmu: 256 entries to start with, indexed by the

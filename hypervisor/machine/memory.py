@@ -58,6 +58,8 @@ _NO_OWNER = -1               # owner array value of a free frame
 _NO_PFN = -1                 # M2P value of a frame that backs no pseudo-physical page
 _WRITE_PROTECTED = 1         # bits of the per-frame flag byte
 _DYING = 2                   # released while still referenced: freed by the last put_ref
+SHADOWED = 4                 # a guest page table a cached shadow mirrors (Xen's PGC_page_table):
+                             # set and cleared by the shadow itself (machine/native/tlbfill.c)
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -354,8 +356,14 @@ class MachineMemory:
             self._flags[mfn] &= ~_WRITE_PROTECTED
 
     def is_write_protected(self, mfn: int) -> bool:
+        """Must the guest's writes to this frame trap: a monitor's table, or a shadowed page table?"""
         self._check(mfn)
-        return bool(self._flags[mfn] & _WRITE_PROTECTED)
+        return bool(self._flags[mfn] & (_WRITE_PROTECTED | SHADOWED))
+
+    @property
+    def flags_address(self) -> int:
+        """The frame table's flag bytes, one per machine frame, for the C shadow (``SHADOWED``)."""
+        return ctypes.addressof(ctypes.c_char.from_buffer(self._flags))
 
     # == the M2P ===========================================================================
     def m2p(self, mfn: int) -> int | None:
@@ -402,6 +410,9 @@ class GuestMemory:
         for pfn, mfn in enumerate(self.p2m):
             machine.set_m2p(mfn, pfn)
         self._buffer = machine.buffer
+        # Told of every write made here (the monitor's, a device's), after it lands: a shadow
+        # built from those bytes must follow (machine/native/tlbfill.py ``guest_wrote``).
+        self.on_write = None
 
     # -- where things are -----------------------------------------------------------------
     def contains(self, paddr: int, length: int = 1) -> bool:
@@ -471,12 +482,14 @@ class GuestMemory:
         if 0 < length <= PAGE_SIZE - offset and 0 <= paddr and paddr + length <= self.size:
             at = self.p2m[paddr >> PAGE_SHIFT] << PAGE_SHIFT | offset
             self._buffer[at:at + length] = data
-            return
-        source = memoryview(data).cast("B")
-        buffer, done = self._buffer, 0
-        for at, n in list(self.spans(paddr, length)):
-            buffer[at:at + n] = source[done:done + n]
-            done += n
+        else:
+            source = memoryview(data).cast("B")
+            buffer, done = self._buffer, 0
+            for at, n in list(self.spans(paddr, length)):
+                buffer[at:at + n] = source[done:done + n]
+                done += n
+        if self.on_write is not None:
+            self.on_write(paddr, length)
 
     def read_u32(self, paddr: int) -> int:
         offset = paddr & PAGE_MASK

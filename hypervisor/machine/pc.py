@@ -139,19 +139,17 @@ class PC:
         self.cpu.stop()
 
     # -- memory virtualization ------------------------------------------------------------
-    def shadow_paging(self, cr0: int, cr3: int, cr4: int) -> None:
-        """Translate every guest access through the guest's page tables against these virtual
-        control registers, in the C TLB fill (native/tlbfill.py ``use_shadow``; the monitor
-        keeps them current with ``tlb.set_registers``). A store to a write-protected frame
-        then reaches the alias window, whose callback performs it."""
-        size = self.memory.size
-        self.cpu.uc.mmio_map(SHADOW_ALIAS, size, self._alias_read, None, self._alias_write, None)
-        self.tlb.use_shadow(self.memory, self.cpu.hflags_address, cr0, cr3, cr4, SHADOW_ALIAS)
+    def shadow_paging(self, cr0: int, cr3: int, cr4: int, spaces: int, tables: int) -> None:
+        """Translate every guest access through cached shadow page tables of the guest's tables,
+        against these virtual control registers, in the C TLB fill (native/tlbfill.py
+        ``use_shadow``; the monitor keeps them current with ``tlb.set_registers``). A store to a
+        write-protected frame then reaches the alias window: a page table is written there in C,
+        a frame the monitor protected (``protect_frames``) by ``_alias_write``. At most ``spaces``
+        address spaces are cached, with ``tables`` shadow page tables among them."""
+        self.tlb.use_shadow(self.memory, self.cpu.hflags_address, cr0, cr3, cr4, SHADOW_ALIAS, self._alias_write,
+                            spaces, tables)
 
-    def _alias_read(self, uc, offset: int, size: int, _) -> int:
-        return int.from_bytes(self.memory.read(offset, size), "little")
-
-    def _alias_write(self, uc, offset: int, size: int, value: int, _) -> None:
+    def _alias_write(self, offset: int, size: int, value: int) -> None:
         self.memory.write(offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
         # Code translated from these bytes is stale (a guest's code may share a page with its
         # GDT). Unicorn drops translations by linear address, which is this one only while

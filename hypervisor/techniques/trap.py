@@ -641,13 +641,17 @@ class TrapAndEmulate(Monitor):
         return v.cpl <= v.iopl
 
     def invalidate_page(self, linear: int) -> None:
-        """invlpg: the shadow is the TLB, which Unicorn flushes only whole."""
+        """invlpg: the page's shadow entry goes, and the TLB (which Unicorn flushes only whole)."""
         if self.mmu is not None:
             self.mmu.invalidate(linear)
 
+    def details(self) -> dict:
+        """``--json``: what the cached shadow page tables did (once the guest's paging was seen)."""
+        return {"shadow": self.mmu.stats()} if self.mmu is not None else {}
+
     def after_slice(self, ran: int) -> None:
-        """Count the slice's hidden faults (``ShadowPaging.hidden_faults``): the faults a shadow
-        page table would have taken, each fixed by a walk in the fill."""
+        """Count the slice's hidden faults (``ShadowPaging.hidden_faults``): the fills the shadow
+        could not serve, each fixed by a walk of the guest's tables in the fill."""
         if self.mmu is not None:
             faults = self.mmu.hidden_faults
             if faults != self._walks:

@@ -27,15 +27,19 @@ EXPECTED_EXITS_PER_OP = {
     "pgfault": {"native": 1, "hvm": 0},              # trap: by kind, below
     "divzero": {"native": 1, "trap": 2, "hvm": 0},   # same-ring iretd in ring 1 is emulated under trap
     "ptemod": {"native": 0, "hvm": 1},               # INVLPG exiting
-    "tlbmiss": {"native": 0, "trap": 1, "hvm": 0},   # trap: the one walk, a shadow page fault
+    "tlbmiss": {"native": 0, "trap": 128, "hvm": 0},   # trap: 128 (see FIRST_PASS), then the cached shadow
+    "shadowfault": {"native": 0, "trap": 1, "hvm": 0},   # trap: the walk after the dropped entry
     "cli": {"native": 0, "trap": 1, "hvm": 0},
 }
-# Under trap the paged loops' walks count too, as many as the TLB flushes make them: pinned
-# by kind, the walks only as at least one.
+# Exits of the whole run rather than of each operation: the first pass over nano_tlbmiss's 128
+# pages fills trap's shadow (128 hidden faults); every later miss is answered from it.
+FIRST_PASS = {("tlbmiss", "trap")}
+# Under trap, by kind: the hidden faults too, exactly, since the cached shadow drops an entry only
+# when the guest stores to its page table or invalidates it (pgfault's one refill is its baseline's).
 EXPECTED_TRAP_EXITS_BY_KIND = {
-    "pgfault": {"exception_nmi": 1, "iret": 1},     # the #PF reflected, the handler's iretd
-    "ptemod": {"invlpg": 1},
-    "tlbmiss": {"shadow_page_fault": 1},
+    "pgfault": {"exception_nmi": 1, "iret": 1, "shadow_page_fault": 0},   # the #PF reflected, the iretd
+    "ptemod": {"invlpg": 1, "shadow_page_fault": 1},
+    "shadowfault": {"shadow_page_fault": 1},
 }
 
 
@@ -68,13 +72,14 @@ def test_short_nano_loops_cost_the_expected_exits_per_operation():
     for name, by_technique in EXPECTED_EXITS_PER_OP.items():
         for technique, expected in by_technique.items():
             got = results[name]["per_op_us"][technique]["exits_per_op"]
+            if (name, technique) in FIRST_PASS:
+                expected /= k
             # a set-up exit outside the loop (nano_cr0 reads CR0 once) shows up as 1/K
             assert abs(got - expected) <= 1 / k, (name, technique, got)
     for name, kinds in EXPECTED_TRAP_EXITS_BY_KIND.items():
         got = results[name]["per_op_us"]["trap"]["exits"]
         for kind, expected in kinds.items():
-            assert abs(got[kind] - expected) <= 1 / k, (name, kind, got)
-        assert name == "tlbmiss" or got["shadow_page_fault"] >= 1, (name, got)
+            assert abs(got.get(kind, 0) - expected) <= 1 / k, (name, kind, got)
     for name in ("syscall", "syscall_paged", "divzero", "pgfault"):   # raw Unicorn cannot deliver them
         assert results[name]["per_op_us"]["raw"]["median"] is None
     for name in ("ptemod", "tlbmiss"):           # raw Unicorn pages by itself; raw-fill cannot
@@ -85,13 +90,15 @@ def test_short_nano_loops_cost_the_expected_exits_per_operation():
 
 def test_ptemod_fails_rather_than_times_a_stale_translation(tmp_path):
     """The loop checks what it read: without its invlpg the TLB keeps the old frame (as on the
-    bare machine, which may), the sum is wrong, and the run exits 1 instead of 0."""
+    bare machine, which may), the sum is wrong, and the run exits 1 instead of 0 (not under trap)."""
     source = edited_copy(MICRO_DIR / "nano_ptemod.S", "K = 20000", "K = 200", tmp_path)
     assert run_image(build_image(source), technique="native").exit_code == 0
     (tmp_path / "stale").mkdir()
     stale = edited_copy(source, "    invlpg [V]\n", "    nop\n", tmp_path / "stale")
-    for technique in ("native", "trap"):
-        assert run_image(build_image(stale), technique=technique).exit_code == 1, technique
+    assert run_image(build_image(stale), technique="native").exit_code == 1
+    # trap's shadow follows every store to a page table it was built from, and drops the TLB with
+    # the entry: the new frame is seen at once, which the SDM allows too (a TLB may drop any entry).
+    assert run_image(build_image(stale), technique="trap").exit_code == 0
 
 
 def test_pgfault_takes_one_fault_per_iteration_and_checks_it(tmp_path):

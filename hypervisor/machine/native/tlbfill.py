@@ -24,8 +24,9 @@ translate (page tables, accessed/dirty bits, #PF):
 Switching walkers flushes the TLB (an entry made by one is never used by the other).
 
 A technique that virtualizes memory makes the callback its MMU instead
-(hypervisor/memory/): ``use_shadow`` (trap: the guest's tables walked in C against the
-virtual CR0/CR3/CR4 the monitor keeps) or ``use_ept`` (hvm: the guest's own registers, and
+(hypervisor/memory/): ``use_shadow`` (trap: cached shadow page tables of the guest's tables,
+filled by walks in C against the virtual CR0/CR3/CR4 the monitor keeps, with the guest's
+page-table frames write-protected behind an alias window) or ``use_ept`` (hvm: the guest's own registers, and
 an EPT every guest-physical access must pass). The callback stays the walker for good then.
 A fill it refuses ends ``emu_start`` with EIP on the instruction and nothing of it done;
 ``after_run`` turns the refusal into a ``TranslationFault`` for the monitor: a #PF to
@@ -102,14 +103,27 @@ class _Fill(ctypes.Structure):
         ("error_code", ctypes.c_uint32),
         ("qualification", ctypes.c_uint32),
         ("guest_physical", ctypes.c_uint64),
-        ("seen", ctypes.c_void_p),
-        ("epoch", ctypes.c_uint8),
+        ("sh", ctypes.c_void_p),
         ("hidden_faults", ctypes.c_uint64),
         ("tables_at", ctypes.c_void_p),
         ("alias_base", ctypes.c_uint64),
+        ("uc", ctypes.c_void_p),
+        ("notify", ctypes.c_void_p),
     ]
 
 
+class ShadowStats(ctypes.Structure):
+    """``struct shadow_stats`` in tlbfill.c: what the cached shadow page tables did."""
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "hits", "spaces_made", "spaces_reused", "evictions", "table_writes", "entries_dropped",
+        "invalidations", "full_flushes")]
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name, _ in self._fields_}
+
+
+_uc.uc_mmio_map.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64] + [ctypes.c_void_p] * 4
+_NOTIFY = ctypes.CFUNCTYPE(None, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint64)
 _WALK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
                          ctypes.c_uint32, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64),
                          ctypes.POINTER(ctypes.c_uint32))
@@ -180,14 +194,17 @@ class TlbFill:
             self._use(TLB_VIRTUAL)
 
     # -- a technique's MMU ---------------------------------------------------------------
-    def use_shadow(self, memory, hflags_address: int, cr0: int, cr3: int, cr4: int, alias_base: int) -> None:
-        """From now on walk the guest's tables here against the virtual CR0/CR3/CR4 the monitor
-        keeps (``set_registers``), for a guest whose real CPU runs with paging off (trap).
-        ``memory``: the guest's RAM (its P2M), ``hflags_address``: where QEMU keeps the CPL;
-        a store to a frame ``protect``ed goes to ``alias_base`` + its guest-physical address."""
+    def use_shadow(self, memory, hflags_address: int, cr0: int, cr3: int, cr4: int, alias_base: int,
+                   notify, spaces: int = 8, tables: int = 1024) -> None:
+        """From now on translate here through cached shadow page tables of the guest's tables,
+        against the virtual CR0/CR3/CR4 the monitor keeps (``set_registers``), for a guest whose
+        real CPU runs with paging off (trap). ``memory``: the guest's RAM (its P2M),
+        ``hflags_address``: where QEMU keeps the CPL. A store to a write-protected frame goes to
+        ``alias_base`` + its guest-physical address, mapped here to tlbfill.c's hv_alias_write:
+        a page table the shadow mirrors is written there, a frame ``protect``ed by the monitor is
+        ``notify(gpa, size, value)``'s to write. At most ``spaces`` address spaces are cached, with
+        ``tables`` shadow page tables among them."""
         self._walk_over(memory, hflags_address)
-        self._seen = (ctypes.c_uint8 * (2 * FRAMES_4G))()
-        self._fill.seen, self._fill.epoch = ctypes.addressof(self._seen), 1
         rights = (ctypes.c_uint8 * FRAMES_4G)()
         ctypes.memset(rights, EPT_MMIO, FRAMES_4G)          # not RAM: a device, or nothing
         ctypes.memset(rights, EPT_RWX, min(len(memory.p2m), FRAMES_4G))
@@ -197,7 +214,63 @@ class TlbFill:
         base = ctypes.addressof(f)
         f.cr0_at, f.cr3_at, f.cr4_at = (base + getattr(_Fill, name).offset for name in ("cr0", "cr3", "cr4"))
         f.cr0, f.cr3, f.cr4 = cr0 & 0xFFFFFFFF, cr3 & 0xFFFFFFFF, cr4 & 0xFFFFFFFF
+        self._notify = _NOTIFY(notify)
+        f.notify = ctypes.cast(self._notify, ctypes.c_void_p).value
+        self._shadow_over(memory, spaces, tables)
+        library = native_fill().library
+        uc = self._cpu.uc
+        err = _uc.uc_mmio_map(uc._uch, alias_base, len(memory.p2m) << 12,
+                              ctypes.cast(library.hv_alias_read, ctypes.c_void_p).value, ctypes.addressof(f),
+                              ctypes.cast(library.hv_alias_write, ctypes.c_void_p).value, ctypes.addressof(f))
+        if err:
+            raise OSError(f"uc_mmio_map(alias window) failed: {_uc.uc_strerror(err).decode()}")
+        weakref.finalize(uc, _keep_alive, self._notify, self._shadow_arrays)
+        memory.on_write = self.guest_wrote
         self._set_mode(MODE_SHADOW)
+
+    def _shadow_over(self, memory, spaces: int, tables: int) -> None:
+        library = native_fill().library
+        pfns = min(len(memory.p2m), FRAMES_4G)
+        for name, restype in (("hv_shadow_size", ctypes.c_size_t), ("hv_space_size", ctypes.c_size_t)):
+            getattr(library, name).restype = restype
+        shadows = ctypes.create_string_buffer(library.hv_shadow_size())
+        space_array = ctypes.create_string_buffer(library.hv_space_size() * spaces)
+        pool = (ctypes.c_uint32 * (1024 * tables))()
+        free = (ctypes.c_uint32 * tables)()
+        self._refs = (ctypes.c_uint16 * pfns)()
+        table_refs = (ctypes.c_uint16 * pfns)()
+        self._shadow_arrays = (shadows, space_array, pool, free, self._refs, table_refs)
+        f = self._fill
+        f.uc = self._cpu.uc._uch.value
+        library.hv_shadow_init(ctypes.byref(f), shadows, space_array, ctypes.c_uint32(spaces), pool,
+                               ctypes.c_uint32(tables), free, self._refs, table_refs, ctypes.c_uint32(pfns),
+                               ctypes.c_void_p(memory.machine.flags_address))
+        fill = ctypes.byref(f)
+        wrote, invalidate, reset = library.hv_shadow_wrote, library.hv_shadow_invalidate, library.hv_shadow_reset
+        wrote.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32]
+        invalidate.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        refs = self._refs
+
+        def guest_wrote(gpa: int, size: int) -> None:
+            for pfn in range(gpa >> 12, min(((gpa + size - 1) >> 12) + 1, pfns)):
+                if refs[pfn]:
+                    start = max(gpa, pfn << 12)
+                    wrote(fill, start, min(gpa + size, (pfn + 1) << 12) - start)
+        self.guest_wrote = guest_wrote
+        self.invalidate = lambda linear: invalidate(fill, linear & 0xFFFFFFFF)
+        self.reset_shadows = lambda: reset(fill)
+
+    def shadow_stats(self) -> dict[str, int]:
+        """What the cached shadow page tables did (``struct shadow_stats``), or {} without them."""
+        if not self.native or not self._fill.sh:
+            return {}
+        stats = ShadowStats()
+        native_fill().library.hv_shadow_stats(ctypes.byref(self._fill), ctypes.byref(stats))
+        return stats.as_dict()
+
+    def is_page_table(self, pfn: int) -> bool:
+        """Is guest frame ``pfn`` write-protected because a cached shadow was built from it?"""
+        return bool(self._fill.sh) and pfn < len(self._refs) and bool(self._refs[pfn])
 
     def use_ept(self, memory, hflags_address: int, env_cr0: int, env_cr3: int, env_cr4: int, rights) -> None:
         """From now on walk the guest's tables here against its own (real) CR0/CR3/CR4 at these
@@ -288,19 +361,14 @@ class TlbFill:
 
     def flush(self) -> None:
         """Drop every TLB entry (a CR3 load, invlpg: the shadow is rebuilt by later fills)."""
-        f = self._fill
-        if f.seen:                             # a new epoch of hidden faults (tlbfill.c count_hidden)
-            f.epoch = f.epoch % 255 + 1
-            if f.epoch == 1:
-                ctypes.memset(self._seen, 0, ctypes.sizeof(self._seen))
         err = _uc.uc_ctl(self._cpu.uc._uch, CTL_TLB_FLUSH)
         if err:
             raise OSError(f"uc_ctl(TLB flush) failed: {_uc.uc_strerror(err).decode()}")
 
     @property
     def hidden_faults(self) -> int:
-        """The hidden faults a shadow page table would have taken so far (SHADOW mode): the first
-        read and the first write of each page since each flush, as deterministic as the guest."""
+        """Hidden faults so far (SHADOW): fills the cached shadow could not serve, which walked the
+        guest's tables and filled it; as deterministic as the guest."""
         return self._fill.hidden_faults if self.native else 0
 
     # -- the slice loop's side -------------------------------------------------------------
