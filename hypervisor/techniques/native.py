@@ -161,10 +161,13 @@ class Native(Monitor):
         else:
             memory = self.pc.memory
             write = memory.write
-        try:
-            software = software_interrupt_length(intno, memory.read((eip - 2) & 0xFFFFFFFF, 2)) > 0
-        except IndexError:
-            return False
+        if intno >= 32:
+            software = True                     # no exception has a vector above 31: an ``int n``
+        else:
+            try:
+                software = software_interrupt_length(intno, memory.read((eip - 2) & 0xFFFFFFFF, 2)) > 0
+            except IndexError:
+                return False
         error = None if software else self.error_code_for(intno)
         idt_base, idt_limit = cpu.table_register(IDTR)
         gdt_base, gdt_limit = cpu.table_register(GDTR)

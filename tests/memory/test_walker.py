@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hypervisor.machine.faults import BusError, GuestFault
-from hypervisor.memory.walker import GuestAddressSpace, Paging, translate
+from hypervisor.memory.walker import EventMemory, GuestAddressSpace, Paging, translate
 
 P, RW, US, PWT, PCD, A, D, PS, G = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0x100
 PF_P, PF_W, PF_U, PF_RSVD, PF_ID = 1, 2, 4, 8, 0x10
@@ -822,3 +822,56 @@ def test_the_walker_matches_qemu_on_every_probe_case(tmp_path):
                   if got != want]
     assert len(lines) - 1 == len(cases)
     assert mismatches == []
+
+
+# -- EventMemory: the one-pass delivery's walks, remembered across events ---------------------
+def event_memory(phys: SparsePhys):
+    """An EventMemory over ``phys`` whose walk is this file's reference, counted."""
+    walks = []
+
+    def fast(pg, linear, write, user):
+        walks.append(linear >> 12)
+        return translate(phys, pg, linear, write=write, user=user)
+    memory = EventMemory(GuestAddressSpace(phys, lambda: paging(), fast), phys)
+    return memory, walks
+
+
+def test_an_event_walks_each_page_once_and_the_next_event_compares_the_entries_instead():
+    phys = SparsePhys()
+    map_4k(phys, 0x400000, FRAME)
+    phys.set_u32(FRAME, 0x11223344)
+    memory, walks = event_memory(phys)
+    for _ in range(3):
+        memory.begin(paging())
+        assert memory.read(0x400000, 4) == struct.pack("<I", 0x11223344)
+        assert memory.read(0x400004, 4) == bytes(4)
+    assert walks == [0x400]                     # A set by the first walk: nothing else to write
+
+
+def test_an_entry_changed_between_events_is_walked_again():
+    phys = SparsePhys()
+    map_4k(phys, 0x400000, FRAME)
+    phys.set_u32(FRAME + 0x1000, 0x55)
+    memory, walks = event_memory(phys)
+    memory.begin(paging())
+    memory.read(0x400000, 4)
+    phys.set_u32(pte_addr(0x400000), (FRAME + 0x1000) | P | RW | US)     # another frame, A clear
+    memory.begin(paging())
+    assert memory.read(0x400000, 4) == struct.pack("<I", 0x55)
+    assert phys.u32(pte_addr(0x400000)) & A                             # the walk set A again
+    phys.set_u32(pde_addr(0x400000), PT2 | P | RW | US)                 # the PDE: a table not present
+    memory.begin(paging())
+    with pytest.raises(IndexError):
+        memory.read(0x400000, 4)
+    assert walks == [0x400, 0x400, 0x400]
+
+
+def test_a_store_after_a_read_walks_again_to_set_dirty():
+    phys = SparsePhys()
+    map_4k(phys, 0x400000, FRAME)
+    memory, walks = event_memory(phys)
+    memory.begin(paging())
+    memory.read(0x400000, 4)
+    memory.begin(paging())
+    memory.write(0x400000, b"\1\2\3\4")
+    assert phys.u32(pte_addr(0x400000)) & D and len(walks) == 2
