@@ -394,7 +394,7 @@ class EventMemory:
         return self._memory.read(self._physical(address, length, False), length)
 
     def read_u64(self, address: int) -> int:
-        return int.from_bytes(self.read(address, 8), "little")
+        return self._memory.read_u64(self._physical(address, 8, False))
 
     def write(self, address: int, data: bytes) -> None:
         self._memory.write(self._physical(address, len(data), True), data)

@@ -33,8 +33,7 @@ from ..vmm.monitor import Event, EventKind, Monitor, VcpuState, software_interru
 EFLAGS_VM, EFLAGS_RF = 1 << 17, 1 << 16
 _PAGING_REGISTERS = (CR0, CR3, CR4)
 _FRAME_REGISTERS = (CS, EFLAGS, ESP, SS)
-_EVENT_REGISTERS = (CS, EFLAGS, ESP, SS, CR0)
-_CR3_CR4 = (CR3, CR4)
+_EVENT_REGISTERS = (CS, EFLAGS, ESP, SS, CR0, CR3, CR4)   # CR3 and CR4 in the same batch: the guest may change them
 CR0_PG = 1 << 31
 
 
@@ -150,11 +149,11 @@ class Native(Monitor):
         if self.trace.enabled:
             return False
         cpu = self.cpu
-        cs, eflags, esp, ss, cr0 = cpu.read_batch(_EVENT_REGISTERS)
+        cs, eflags, esp, ss, cr0, cr3, cr4 = cpu.read_batch(_EVENT_REGISTERS)
         if cr0 & CR0_PG:
             if self.space.fast is None:
                 return False
-            self._paging = paging = Paging(cr0, *cpu.read_batch(_CR3_CR4))   # the guest may have changed them
+            self._paging = paging = Paging(cr0, cr3, cr4)
             memory = self._paged
             memory.begin(paging)
             write = memory.write

@@ -252,7 +252,12 @@ class TlbFill:
         refs = self._refs
 
         def guest_wrote(gpa: int, size: int) -> None:
-            for pfn in range(gpa >> 12, min(((gpa + size - 1) >> 12) + 1, pfns)):
+            pfn = gpa >> 12
+            if pfn == (gpa + size - 1) >> 12:           # the common case: one page, no page table
+                if pfn < pfns and refs[pfn]:
+                    wrote(fill, gpa, size)
+                return
+            for pfn in range(pfn, min(((gpa + size - 1) >> 12) + 1, pfns)):
                 if refs[pfn]:
                     start = max(gpa, pfn << 12)
                     wrote(fill, start, min(gpa + size, (pfn + 1) << 12) - start)
