@@ -65,20 +65,7 @@ main:
     call idt_load
     mov eax, SEL_TSS
     ltr ax
-    mov eax, SEL_UDATA
-    mov ds, eax
-    mov es, eax
-    mov fs, eax
-    mov gs, eax
-    push eax                            # SS
-    mov eax, u_stack_top
-    push eax                            # ESP
-    push 0x002                          # EFLAGS: IF=0, IOPL=0
-    mov eax, SEL_UCODE
-    push eax                            # CS
-    mov eax, user_main
-    push eax                            # EIP
-    iretd
+.include "include/enter_user.S"
 
 # ---- ring 3: each instruction faults; EDI is its length, for the kernel to skip it ----------
 user_main:

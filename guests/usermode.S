@@ -34,22 +34,7 @@ main:
     ltr ax
     mov esi, u_enter
     call puts
-    # A ring-0 data selector in DS would be nulled by the iretd to ring 3: give it ring-3 ones.
-    mov eax, SEL_UDATA
-    mov ds, eax
-    mov es, eax
-    mov fs, eax
-    mov gs, eax
-    # (keystone encodes `push CONSTANT_SYMBOL` as a 16-bit push: go through EAX)
-    push eax                            # SS = SEL_UDATA
-    mov eax, u_stack_top
-    push eax                            # ESP
-    push 0x002                          # EFLAGS: IF=0, IOPL=0
-    mov eax, SEL_UCODE
-    push eax                            # CS
-    mov eax, user_main
-    push eax                            # EIP
-    iretd
+.include "include/enter_user.S"
 
 # ---- ring 3 -------------------------------------------------------------------------------
 user_main:
