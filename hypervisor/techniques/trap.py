@@ -646,7 +646,7 @@ class TrapAndEmulate(Monitor):
             self.mmu.invalidate(linear)
 
     def details(self) -> dict:
-        """``--json``: what the cached shadow page tables did (once the guest's paging was seen)."""
+        """``--json``: what the cached shadow page tables did."""
         return {"shadow": self.mmu.stats()} if self.mmu is not None else {}
 
     def after_slice(self, ran: int) -> None:

@@ -195,7 +195,7 @@ class TlbFill:
 
     # -- a technique's MMU ---------------------------------------------------------------
     def use_shadow(self, memory, hflags_address: int, cr0: int, cr3: int, cr4: int, alias_base: int,
-                   notify, spaces: int = 8, tables: int = 1024) -> None:
+                   notify, spaces: int, tables: int) -> None:
         """From now on translate here through cached shadow page tables of the guest's tables,
         against the virtual CR0/CR3/CR4 the monitor keeps (``set_registers``), for a guest whose
         real CPU runs with paging off (trap). ``memory``: the guest's RAM (its P2M),
@@ -272,10 +272,6 @@ class TlbFill:
         stats = ShadowStats()
         native_fill().library.hv_shadow_stats(ctypes.byref(self._fill), ctypes.byref(stats))
         return stats.as_dict()
-
-    def is_page_table(self, pfn: int) -> bool:
-        """Is guest frame ``pfn`` write-protected because a cached shadow was built from it?"""
-        return bool(self._fill.sh) and pfn < len(self._refs) and bool(self._refs[pfn])
 
     def use_ept(self, memory, hflags_address: int, env_cr0: int, env_cr3: int, env_cr4: int, rights) -> None:
         """From now on walk the guest's tables here against its own (real) CR0/CR3/CR4 at these
@@ -365,7 +361,8 @@ class TlbFill:
         self.flush()
 
     def flush(self) -> None:
-        """Drop every TLB entry (a CR3 load, invlpg: the shadow is rebuilt by later fills)."""
+        """Drop every TLB entry (a CR3 load, invlpg): later fills refill it, from the shadow where
+        it can answer."""
         err = _uc.uc_ctl(self._cpu.uc._uch, CTL_TLB_FLUSH)
         if err:
             raise OSError(f"uc_ctl(TLB flush) failed: {_uc.uc_strerror(err).decode()}")
