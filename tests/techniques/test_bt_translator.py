@@ -86,10 +86,9 @@ class Machine:
 class Translated(Machine):
     """The same, but every instruction from the TC: the harness is the monitor."""
 
-    def __init__(self, program: bytes):
+    def __init__(self, program: bytes, tc_size: int = TC_SIZE):
         super().__init__(program)
-        self.cache = TranslationCache(self._write, TC_SIZE)
-        self.ends = 0
+        self.cache = TranslationCache(self._write, tc_size)
 
     def _write(self, tc: int, data: bytes) -> None:
         self.uc.mem_write(TC_BASE + tc, data)
@@ -249,6 +248,35 @@ def test_loop_and_jecxz_take_both_ways():
     z: mov ecx, 1; jecxz bad; add eax, 10; hlt
     bad: mov eax, 77; hlt
     """)
+
+
+def test_a_full_cache_flushes_and_the_program_still_reaches_its_state():
+    """A TC with room for a few blocks only: it fills, flushes and translates again, mid-run."""
+    source = """
+        mov ecx, 50; xor eax, eax
+    again: call a; call b; call c; loop again; hlt
+    a: add eax, 1; ret
+    b: add eax, 2; ret
+    c: add eax, 3; ret
+    """
+    program = assemble(source)
+    native = Machine(program).run_native()
+    small = Translated(program, tc_size=BLOCKS + 96)
+    assert small.run_translated() == native
+    assert small.cache.stats.flushes >= 2
+
+
+def test_a_write_to_translated_code_drops_its_blocks_and_the_new_code_runs():
+    """The code is run once translated; then its bytes change (as self-modifying code or a loader
+    would change them) and the page is invalidated: the next run translates the new bytes."""
+    m = Translated(assemble("mov eax, 1; call f; hlt; f: add eax, 10; ret"))
+    assert m.run_translated()[0] == 11
+    f = CODE + len(assemble("mov eax, 1; call f; hlt; f:"))
+    m.uc.mem_write(f, assemble("add eax, 20"))         # the same length: f is where it was
+    assert m.cache.invalidate_page(CODE >> 12) == 3        # the entry block, the return site, f
+    m.uc.reg_write(X.UC_X86_REG_ESP, STACK)
+    assert m.run_translated()[0] == 21
+    assert m.cache.stats.invalidations == 3
 
 
 # -- random programs ------------------------------------------------------------------------------
