@@ -26,8 +26,8 @@ from typing import IO
 
 from .domain import Progress
 from .errors import HvError
-from .session import (DEFAULT_MAX_INSTRUCTIONS, DEFAULT_MEMORY_MIB, PROGRESS_EVERY_S, load_image_bytes,
-                      run_image)
+from .session import (DEFAULT_MAX_INSTRUCTIONS, DEFAULT_MEMORY_MIB, PROGRESS_EVERY_S, build_domain,
+                      load_image_bytes, run_image)
 from .techniques import TECHNIQUES
 
 EPILOG = """techniques:
@@ -105,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("image", metavar="IMAGE")
     compare.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
     _add_run_options(compare)
+
+    translate = sub.add_parser("translate", help="show one guest block before and after binary translation",
+                               description="Translate the guest block at ADDR (default: the kernel's entry) as "
+                                           "binary translation does, and print both: every guest instruction "
+                                           "with what the translator made of it (IDENT, a rewritten branch, or "
+                                           "a callout and why), then the code in the translation cache.")
+    translate.add_argument("image", metavar="IMAGE")
+    translate.add_argument("--at", type=_address, metavar="ADDR",
+                           help="guest address of the block (hex with 0x, or decimal); paging is off at entry, "
+                                "so it is also the physical address")
+    translate.add_argument("--json", action="store_true", help="print the two listings as one JSON object")
+    translate.add_argument("--memory", type=_positive, default=DEFAULT_MEMORY_MIB, metavar="MiB",
+                           help=f"guest RAM in MiB (default {DEFAULT_MEMORY_MIB})")
 
     # Listed here for --help; main() hands everything after "bench" to the runner untouched.
     sub.add_parser("bench", help="time every technique, raw Unicorn and QEMU on the benchmark guests and "
@@ -276,6 +289,35 @@ def _cmd_build(args) -> int:
     return 0
 
 
+def _address(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address (0x100000, or 1048576)") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text}: a guest address has 32 bits")
+    return value
+
+
+def _cmd_translate(args) -> int:
+    from .techniques.bt.show import format_translation, translation
+
+    domain = build_domain(args.image, "native", args.memory)
+    try:
+        memory = domain.pc.memory
+        address = domain.pc.cpu.eip if args.at is None else args.at          # the kernel's entry
+        if not memory.contains(address):
+            raise HvError(f"--at {address:#x}: outside the guest's {memory.size >> 20} MiB of RAM")
+
+        def read(at: int, length: int) -> bytes:
+            return memory.read(at, max(0, min(length, memory.size - at))) if memory.contains(at) else b""
+        t = translation(read, address)
+    finally:
+        domain.destroy()
+    print(json.dumps(t) if args.json else format_translation(t))
+    return 0
+
+
 def _cmd_bench(argv: list[str]) -> int:
     """``make bench`` as a command: benchmarks/run.py, which lives in the source tree beside the
     package (the benchmark guests are sources there, not package data)."""
@@ -301,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["bench"]:          # the runner's own flags: it parses them itself
             return _cmd_bench(argv[1:])
         args = build_parser().parse_args(argv)
-        return {"run": _cmd_run, "build": _cmd_build, "compare": _cmd_compare}[args.command](args)
+        return {"run": _cmd_run, "build": _cmd_build, "compare": _cmd_compare,
+                "translate": _cmd_translate}[args.command](args)
     except HvError as e:
         print(f"hv: error: {e}", file=sys.stderr)
         return 2

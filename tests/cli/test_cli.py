@@ -149,3 +149,32 @@ def test_run_dev_zero_is_one_line_not_a_memory_error():
     done = subprocess.run([sys.executable, "-m", "hypervisor", "run", "/dev/zero"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, preexec_fn=limit_memory)
     assert_one_line_error(done, "/dev/zero", "character device")
+
+
+# -- hv translate ---------------------------------------------------------------------------------
+SENSITIVE = ROOT / "guests" / "sensitive.S"
+
+
+def test_translate_shows_the_entry_block_before_and_after():
+    done = hv("translate", HELLO)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("guest block at 0x") and "translated at TC 0x" in out
+    assert "indirect entry" in out and "IDENT" in out
+
+
+def test_translate_json_names_every_guest_instruction_and_its_fate():
+    entry = json.loads(hv("translate", SENSITIVE, "--json").stdout)
+    assert entry["guest"] and entry["translated"] and entry["tc_bytes"] > 0
+    target = next(row for row in entry["translated"] if row["note"].startswith("exit stub"))
+    called = int(target["note"].split()[2], 16)
+    block = json.loads(hv("translate", SENSITIVE, "--at", hex(called), "--json").stdout)
+    kinds = {row["kind"] for row in block["guest"]}
+    assert "callout" in kinds and all(row["why"] for row in block["guest"] if row["kind"] == "callout")
+    assert sum(row["note"].startswith("callout") for row in block["translated"]) == \
+        sum(row["kind"] == "callout" for row in block["guest"])
+
+
+def test_translate_refuses_an_address_outside_ram_or_not_a_number_in_one_line():
+    assert_one_line_error(hv("translate", HELLO, "--at", "0x7fffffff"), "outside the guest")
+    assert_one_line_error(hv("translate", HELLO, "--at", "main"), "not an address")

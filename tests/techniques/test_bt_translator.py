@@ -185,10 +185,12 @@ def test_every_privileged_and_sensitive_instruction_is_a_callout(source, kind):
     assert classify(insn) is kind, insn.text
 
 
-@pytest.mark.parametrize("raw", [b"\xff\x28", b"\xff\x18", b"\xff\x6c\x24\x04"])
-def test_far_jumps_and_calls_through_memory_are_callouts(raw):
+@pytest.mark.parametrize("raw", [b"\xff\x28", b"\xff\x18", b"\xff\x6c\x24\x04",
+                                 b"\x66\xe8\x00\x00", b"\x66\xc3", b"\x66\xff\xe0"])
+def test_far_and_16_bit_control_transfers_are_callouts(raw):
     """FF /5 and FF /3 load CS from an m16:32 (capstone names them jmp/call, the call with a
-    4-byte operand): the ModRM's reg field tells them from the near forms."""
+    4-byte operand): the ModRM's reg field tells them from the near forms. With an operand-size
+    prefix a call, ret or jmp cuts EIP to 16 bits."""
     assert classify(decode(raw, CODE)) is Kind.CALLOUT
 
 
@@ -325,3 +327,21 @@ def programs(draw) -> str:
 @given(programs())
 def test_random_programs_reach_the_same_state_translated(source):
     both(source)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=64), st.integers(0, 0xFFF))
+def test_any_bytes_translate_and_place_without_error(code, offset):
+    """Whatever a hostile guest puts at an address: the translator decodes what decodes, calls out
+    the rest, maps every piece to a guest address of the block, and the cache places it."""
+    start = 0x400000 + offset
+    memory = dict(enumerate(code, start))
+
+    def read(address: int, length: int) -> bytes:
+        return bytes(memory[a] for a in range(address, address + length) if a in memory)
+    block = translate_block(read, start)
+    assert block.instructions >= 1 and block.guest_end > start
+    assert all(start <= p.guest_eip <= block.guest_end or p.guest_eip in {t for _, t in block.exits}
+               for p in block.pieces)
+    cache = TranslationCache(lambda at, data: None, BLOCKS + 4096)
+    assert cache.add(block) == block.tc + ENTRY

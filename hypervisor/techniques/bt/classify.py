@@ -97,7 +97,7 @@ def why_called_out(insn: Instruction, guest_cs_base: int = 0) -> str | None:
         return "moves to or from a control or debug register: privileged"
     if name in ("mov", "push", "pop") and _names_segment_register(insn):
         return "reads or loads a segment register: shows the real RPL, or loads a descriptor"
-    if 0x66 in insn.prefixes and name in ("call", "ret", "jmp") | _LOOPS:
+    if 0x66 in insn.prefixes and (name in ("call", "ret", "jmp") or name in _LOOPS):
         return "a 16-bit control transfer (EIP cut to 16 bits)"
     if guest_cs_base and any(isinstance(op, Mem) and op.segment == "cs" for op in insn.operands):
         return "reads through CS, whose base the translated code does not have"
