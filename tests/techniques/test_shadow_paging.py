@@ -60,3 +60,12 @@ def test_invlpg_drops_the_page_from_the_shadow():
 
 def test_the_shadow_counts_are_the_same_run_after_run():
     assert run("paging_tasks")[1] == run("paging_tasks")[1]
+
+
+def test_more_spaces_than_the_cache_keeps_and_a_table_all_of_them_share():
+    """paging_spaces cycles through twelve address spaces (the cache keeps eight: each switch finds
+    its space evicted) and writes a page table every space shares from one of them: the stores
+    drop what the other spaces built from it, and every read sees the bare machine's frame."""
+    _, stats = run("paging_spaces")
+    assert stats["evictions"] >= 12 and stats["spaces_made"] == stats["evictions"] + 8
+    assert stats["table_writes"] == 72 and stats["entries_dropped"] >= 36
