@@ -28,10 +28,11 @@ from .domain import Progress
 from .errors import HvError
 from .session import (DEFAULT_MAX_INSTRUCTIONS, DEFAULT_MEMORY_MIB, PROGRESS_EVERY_S, build_domain,
                       load_image_bytes, run_image)
-from .techniques import TECHNIQUES
+from .techniques import IN_PROGRESS, TECHNIQUES
 
 EPILOG = """techniques:
-""" + "\n".join(f"  {name:8} {cls.description}" for name, cls in TECHNIQUES.items()) + """
+""" + "\n".join(f"  {name:8} {cls.description}" for name, cls in TECHNIQUES.items()) + "\n" + "\n".join(
+    f"  {name:8} (being built) {cls.description}" for name, cls in IN_PROGRESS.items()) + """
 
 examples:
   hv run guests/hello.S                         run a guest on the bare machine
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "assembled first) and write its COM1 console to stdout as it runs.")
     run.add_argument("image", metavar="IMAGE", help="multiboot kernel (ELF32 or a.out-kludge flat) or .S source")
     run.add_argument("--technique", "-t", default="native", metavar="NAME",
-                     help=f"how the guest shares the CPU: {', '.join(TECHNIQUES)} (default native)")
+                     help=f"how the guest shares the CPU: {', '.join(TECHNIQUES)} (default native); "
+                          f"being built: {', '.join(IN_PROGRESS)}")
     run.add_argument("--json", action="store_true",
                      help="print one JSON object (console, exit_code, technique, halted_reason, "
                           "instructions, exits, wall_s) as the last line instead of streaming the console")

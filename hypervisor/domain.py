@@ -23,7 +23,7 @@ from typing import Callable
 from .image.multiboot import KernelImage
 from .machine.memory import MachineMemory
 from .machine.pc import PC
-from .techniques import TECHNIQUES
+from .techniques import technique_class
 from .vmm.monitor import Monitor, RunResult
 from .vmm.trace import Trace
 
@@ -45,7 +45,7 @@ class Domain:
         self.domid = domid
         self.name = name or f"domain-{domid}"
         self.pc = PC(machine, memory_bytes, on_console=on_console, owner=domid)
-        self.monitor: Monitor = TECHNIQUES[technique](self.pc, trace, max_instructions)
+        self.monitor: Monitor = technique_class(technique)(self.pc, trace, max_instructions)
         self._started = False
         self._wall_start: float | None = None
         self._at_slice_end = (0, 0)       # (instructions, virtual ns) when the last slice ended

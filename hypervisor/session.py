@@ -21,7 +21,7 @@ from .image.assemble import build_image
 from .image.multiboot import parse_kernel
 from .machine.memory import EXTENT_FRAMES, PAGE_SIZE, MachineMemory
 from .domain import Domain, Progress
-from .techniques import TECHNIQUES
+from .techniques import IN_PROGRESS, TECHNIQUES
 from .vmm.monitor import RunResult
 from .vmm.trace import Trace
 
@@ -92,8 +92,9 @@ def build_domain(image: str | Path | bytes, technique: str = "native", memory_mi
                  on_console: Callable[[int], None] | None = None) -> Domain:
     """A domain with the kernel loaded, ready to ``run`` (for callers that time the run alone,
     like the benchmarks); the caller must ``destroy`` it."""
-    if technique not in TECHNIQUES:
-        raise HvError(f"unknown technique {technique!r} (choose from {', '.join(TECHNIQUES)})")
+    if technique not in TECHNIQUES and technique not in IN_PROGRESS:
+        raise HvError(f"unknown technique {technique!r} (choose from {', '.join(TECHNIQUES)}; being built: "
+                      f"{', '.join(IN_PROGRESS)})")
     extent_mib = EXTENT_FRAMES * PAGE_SIZE >> 20
     if memory_mib < 4 or memory_mib > 3072 or memory_mib % extent_mib:
         raise HvError(f"--memory {memory_mib}: give a multiple of {extent_mib} MiB between 4 and 3072")

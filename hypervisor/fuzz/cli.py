@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     techniques = [t for t in args.technique.split(",") if t]
-    from ..techniques import TECHNIQUES
-    unknown = [t for t in techniques if t not in TECHNIQUES]
+    from ..techniques import IN_PROGRESS, TECHNIQUES
+    unknown = [t for t in techniques if t not in TECHNIQUES and t not in IN_PROGRESS]
     if unknown or not techniques:
         p.error(f"unknown technique {unknown[0] if unknown else '(none)'} (choose from {', '.join(TECHNIQUES)})")
     if args.worker:

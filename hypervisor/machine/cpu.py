@@ -746,6 +746,7 @@ class Cpu:
         # How the counter reads guest code by linear address; the monitor that runs the CPU
         # sets its own (paging); by default linear is physical.
         self.code_reader = self.uc.mem_read
+        self.count_override = None          # see override_counts
 
     def _exit_requests(self, on: bool) -> None:
         """Have Unicorn compile its exit check after every guest memory access (``on``), or
@@ -845,6 +846,15 @@ class Cpu:
         finally:
             self._running = False
 
+    def override_counts(self, count, from_address: int) -> None:
+        """Count the code at or above ``from_address`` with ``count(address, size)`` (instructions
+        to count for those bytes, or None to count them as decoded) rather than as the CPU
+        decodes it: binary translation's cache counts the guest instructions a block performs."""
+        self.count_override = count
+        if self._record is not None:
+            self._record.learn_from = from_address
+            self.block_hook.forget()
+
     def _learn(self, address: int, size: int) -> None:
         """Count a block's instructions (and find its port I/O) for the block hook's cache."""
         icount, flags = self._decode_block(address, size)[:2]
@@ -885,6 +895,12 @@ class Cpu:
             if first_watched >= 0:
                 flags |= HAS_WATCHED_NT if nested else HAS_WATCHED
             known = self._blocks[code] = (n, flags, first_io, first_aligned, first_watched, last)
+        if self.count_override is not None:
+            # Code that stands for other code (binary translation's cache): how many guest
+            # instructions these bytes are, which the bytes alone cannot say.
+            n = self.count_override(address, size)
+            if n is not None:
+                return (n,) + known[1:]
         return known
 
     def _run_up_to(self, start: int, size: int, until: int, kind: int) -> int | bool:

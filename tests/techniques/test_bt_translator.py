@@ -170,7 +170,8 @@ def test_code_runs_at_a_cs_base_above_4_gib_and_data_addresses_are_cut_to_32_bit
     ("int 0x80", Kind.TRAP), ("int3", Kind.TRAP), ("into", Kind.TRAP),
     ("pushfd", Kind.CALLOUT), ("popfd", Kind.CALLOUT), ("sgdt [eax]", Kind.CALLOUT), ("sidt [eax]", Kind.CALLOUT),
     ("sldt eax", Kind.CALLOUT), ("str eax", Kind.CALLOUT), ("smsw eax", Kind.CALLOUT), ("mov eax, cs", Kind.CALLOUT),
-    ("push cs", Kind.CALLOUT), ("push ds", Kind.CALLOUT), ("pop es", Kind.CALLOUT), ("mov ds, eax", Kind.CALLOUT),
+    ("push cs", Kind.CALLOUT), ("push ds", Kind.CALLOUT), ("pop es", Kind.IDENT), ("mov ds, eax", Kind.IDENT),
+    ("mov ax, ss", Kind.CALLOUT), ("mov word ptr [eax], cs", Kind.CALLOUT), ("lds eax, [ebx]", Kind.IDENT),
     ("lar eax, ebx", Kind.CALLOUT), ("lsl eax, ebx", Kind.CALLOUT), ("verr ax", Kind.CALLOUT), ("verw ax", Kind.CALLOUT),
     ("cli", Kind.CALLOUT), ("sti", Kind.CALLOUT), ("hlt", Kind.CALLOUT), ("iretd", Kind.CALLOUT),
     ("mov cr0, eax", Kind.CALLOUT), ("mov eax, cr3", Kind.CALLOUT), ("mov dr7, eax", Kind.CALLOUT),
@@ -178,7 +179,7 @@ def test_code_runs_at_a_cs_base_above_4_gib_and_data_addresses_are_cut_to_32_bit
     ("lgdt [eax]", Kind.CALLOUT), ("lidt [eax]", Kind.CALLOUT), ("ltr ax", Kind.CALLOUT), ("invlpg [eax]", Kind.CALLOUT),
     ("ret 4", Kind.CALLOUT), ("retf", Kind.CALLOUT), ("jmp dword ptr [eax]", Kind.JUMP_INDIRECT),
     ("ljmp 8:0x1000", Kind.CALLOUT), ("wrmsr", Kind.CALLOUT),
-    ("sysenter", Kind.CALLOUT), ("lss esp, [eax]", Kind.CALLOUT), ("cpuid", Kind.CALLOUT),
+    ("sysenter", Kind.CALLOUT), ("lss esp, [eax]", Kind.IDENT), ("cpuid", Kind.CALLOUT),
 ])
 def test_every_privileged_and_sensitive_instruction_is_a_callout(source, kind):
     insn = decode(assemble(source), CODE)

@@ -131,6 +131,9 @@ struct record {
     uint32_t fast_mask;         /* the fast path takes a known block only if its flags & fast_mask ==
                                  * fast_value (watching: known, and nothing watched in it) */
     uint32_t fast_value;
+    uint64_t learn_from;        /* blocks at or above this address are counted by ``learn``, never by
+                                 * QEMU's icount: code that stands for other code (binary
+                                 * translation's cache) counts the guest instructions it performs */
     struct entry cache[CACHE_SIZE];
 };
 
@@ -282,7 +285,8 @@ static void hv_block_slow(void *uc, uint64_t address, uint32_t size, struct reco
     if (e->address != address || e->size != size) {
         struct uc_tb tb;
         r->misses++;
-        if (!guard && !aligned && !watched && r->ctl(uc, r->ctl_request_cache, address, &tb) == 0 && tb.pc == address
+        if (!guard && !aligned && !watched && address < r->learn_from
+                && r->ctl(uc, r->ctl_request_cache, address, &tb) == 0 && tb.pc == address
                 && tb.size == size && tb.icount != 0) {
             e->icount = tb.icount;
             e->flags = 0;

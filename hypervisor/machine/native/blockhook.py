@@ -110,6 +110,7 @@ class _Record(ctypes.Structure):
         ("watch", ctypes.c_int32),
         ("fast_mask", ctypes.c_uint32),
         ("fast_value", ctypes.c_uint32),
+        ("learn_from", ctypes.c_uint64),
         ("cache", _Entry * CACHE_SIZE),
     ]
 
@@ -161,7 +162,7 @@ class BlockHook:
 
     def __init__(self, cpu, callback: NativeCallback, counting: bool):
         self.record = r = _Record(eflags_regid=X.UC_X86_REG_EFLAGS, ctl_request_cache=CTL_REQUEST_CACHE,
-                                  counting=int(counting), pass_at=NO_PASS)
+                                  counting=int(counting), pass_at=NO_PASS, learn_from=NO_PASS)
         r.reg_read = ctypes.cast(libunicorn.uc_reg_read, ctypes.c_void_p).value
         r.emu_stop = ctypes.cast(libunicorn.uc_emu_stop, ctypes.c_void_p).value
         r.ctl = ctypes.cast(libunicorn.uc_ctl, ctypes.c_void_p).value

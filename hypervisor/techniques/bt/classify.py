@@ -46,6 +46,7 @@ _PRIVILEGED = {
     "iretd": "returns from an event: privileged state", "retf": "far return: loads CS",
     "ljmp": "far jump: loads CS", "lcall": "far call: loads CS",
     "sysenter": "enters the kernel: loads CS/SS from MSRs", "sysexit": "leaves the kernel: privileged",
+    "syscall": "enters the kernel (#UD on this CPU model)", "sysret": "leaves the kernel (#UD on this CPU model)",
     "in": "port I/O: privileged (IOPL, the bitmap)", "out": "port I/O: privileged (IOPL, the bitmap)",
     "insb": "port I/O", "insw": "port I/O", "insd": "port I/O",
     "outsb": "port I/O", "outsw": "port I/O", "outsd": "port I/O",
@@ -62,8 +63,6 @@ _SENSITIVE = {
     "lar": "reads a descriptor's rights: sees the shadow's DPLs", "lsl": "reads a segment limit: sees the shadow",
     "verr": "checks a segment against the CPL: sees the real CPL",
     "verw": "checks a segment against the CPL: sees the real CPL",
-    "lds": "loads a segment register", "les": "loads a segment register", "lfs": "loads a segment register",
-    "lgs": "loads a segment register", "lss": "loads a segment register",
     "cpuid": "identifies the CPU: the monitor answers (VT-x exits on it too)",
 }
 _LOOPS = frozenset({"loop", "loope", "loopne", "jecxz", "jcxz"})
@@ -71,8 +70,13 @@ _TRAPS = frozenset({"int", "int3", "into", "int1"})
 _CONTROL_REGISTER = ("cr", "dr")
 
 
-def _names_segment_register(insn: Instruction) -> bool:
-    return any(isinstance(op, Reg) and op.name in SEGMENT_REGISTERS for op in insn.operands)
+def _reads_segment_register(name: str, insn: Instruction) -> bool:
+    """mov r/m, sreg or push sreg. (A segment *load* runs as under trap: through the shadow GDT,
+    or a fault the monitor handles.)"""
+    ops = insn.operands
+    if name == "push":
+        return bool(ops) and isinstance(ops[0], Reg) and ops[0].name in SEGMENT_REGISTERS
+    return name == "mov" and len(ops) == 2 and isinstance(ops[1], Reg) and ops[1].name in SEGMENT_REGISTERS
 
 
 def _is_far(insn: Instruction) -> bool:
@@ -95,8 +99,8 @@ def why_called_out(insn: Instruction, guest_cs_base: int = 0) -> str | None:
         return "ret imm16: the lookup stub pops one word only"
     if name == "mov" and any(isinstance(op, Reg) and op.name.startswith(_CONTROL_REGISTER) for op in insn.operands):
         return "moves to or from a control or debug register: privileged"
-    if name in ("mov", "push", "pop") and _names_segment_register(insn):
-        return "reads or loads a segment register: shows the real RPL, or loads a descriptor"
+    if _reads_segment_register(name, insn):
+        return "reads a segment register: CS and SS would show the real RPL, not the virtual ring"
     if 0x66 in insn.prefixes and (name in ("call", "ret", "jmp") or name in _LOOPS):
         return "a 16-bit control transfer (EIP cut to 16 bits)"
     if guest_cs_base and any(isinstance(op, Mem) and op.segment == "cs" for op in insn.operands):
@@ -134,8 +138,7 @@ def ends_block(kind: Kind, insn: Instruction) -> bool:
     if kind is Kind.CALLOUT:
         name = insn.mnemonic.split()[-1]
         return name in ("iret", "iretd", "retf", "ljmp", "lcall", "jmp", "call", "ret", "sysenter",
-                        "sysexit", "hlt", "lgdt", "lidt", "lldt", "ltr", "lmsw", "clts") or (
-            name == "mov" and any(isinstance(op, Reg) and op.name in ("cr0", "cr3", "cr4", "cs", "ss")
-                                  for op in insn.operands[:1])) or name in ("pop", "lss") and any(
-            isinstance(op, Reg) and op.name == "ss" for op in insn.operands)
+                        "sysexit", "syscall", "sysret", "hlt", "lgdt", "lidt", "lldt", "ltr", "lmsw", "clts") or (
+            name == "mov" and any(isinstance(op, Reg) and op.name in ("cr0", "cr3", "cr4")
+                                  for op in insn.operands[:1]))
     return kind is not Kind.IDENT

@@ -66,6 +66,7 @@ class Piece:
     guest_eip: int
     boundary: bool
     undo_esp: int = 0
+    counts: bool = False             # running it performs the guest instruction (its first piece, not a callout's)
 
 
 @dataclass
@@ -102,16 +103,17 @@ class _Emitter:
         self.exits: list[tuple[int, int]] = []
         self.lookups: list[int] = []
 
-    def piece(self, guest_eip: int, data: bytes, boundary: bool, undo_esp: int = 0) -> int:
+    def piece(self, guest_eip: int, data: bytes, boundary: bool, undo_esp: int = 0, counts: bool = False) -> int:
         at = len(self.code)
-        self.pieces.append(Piece(at, guest_eip, boundary, undo_esp))
+        self.pieces.append(Piece(at, guest_eip, boundary, undo_esp, counts))
         self.code += data
         return at
 
-    def jump(self, guest_eip: int, target: int | None, boundary: bool, opcode: bytes = b"\xe9") -> None:
+    def jump(self, guest_eip: int, target: int | None, boundary: bool, opcode: bytes = b"\xe9",
+             undo_esp: int = 0, counts: bool = False) -> None:
         """A rel32 jump (or jcc, by ``opcode``) to a guest target's translation (``target``), or to
         the lookup stub (None), standing at ``guest_eip``."""
-        at = self.piece(guest_eip, opcode + b"\0\0\0\0", boundary)
+        at = self.piece(guest_eip, opcode + b"\0\0\0\0", boundary, undo_esp, counts)
         field_at = at + len(opcode)
         if target is None:
             self.lookups.append(field_at)
@@ -161,39 +163,42 @@ def translate_block(read_code: Callable[[int, int], bytes], guest_eip: int, gues
 
 def _emit(e: _Emitter, insn: Instruction, kind: Kind, guest_cs_base: int) -> None:
     g, next_eip = insn.address, (insn.address + insn.size) & 0xFFFFFFFF
-    if kind in (Kind.IDENT, Kind.TRAP):
-        e.piece(g, insn.raw, True)
+    if kind is Kind.IDENT:
+        e.piece(g, insn.raw, True, counts=True)
+    elif kind is Kind.TRAP:
+        e.piece(g, insn.raw, True, counts=True)
+        e.jump(next_eip, next_eip, True)                     # where the handler's iret comes back to
     elif kind is Kind.CALLOUT:
         at = e.piece(g, INT3, True)
         e.callouts[at] = Callout(g, insn, why_called_out(insn, guest_cs_base) or "a far transfer", ends_block(kind, insn))
     elif kind is Kind.JUMP:
-        e.jump(g, insn.operands[0].value, True)
+        e.jump(g, insn.operands[0].value, True, counts=True)
     elif kind is Kind.BRANCH:
         condition = insn.raw[len(insn.prefixes)]
         condition = insn.raw[len(insn.prefixes) + 1] - 0x80 if condition == 0x0F else condition - 0x70
-        e.jump(g, insn.operands[0].value, True, opcode=bytes([0x0F, 0x80 + condition]))
+        e.jump(g, insn.operands[0].value, True, opcode=bytes([0x0F, 0x80 + condition]), counts=True)
         e.jump(next_eip, next_eip, True)                     # not taken: at the next instruction
     elif kind is Kind.LOOP:
         opcode = insn.raw[len(insn.prefixes)]
         prefix = b"\x67" if 0x67 in insn.prefixes else b""
         target = insn.operands[0].value
-        e.piece(g, prefix + bytes([opcode, 0x02]), True)     # taken: over the next jmp
+        e.piece(g, prefix + bytes([opcode, 0x02]), True, counts=True)     # taken: over the next jmp
         e.piece(next_eip, b"\xeb\x05", True)                # not taken: over the taken jmp
         e.jump(target, target, True)
         e.jump(next_eip, next_eip, True)
     elif kind is Kind.CALL:
         target = insn.operands[0].value
-        e.piece(g, b"\x68" + struct.pack("<I", next_eip), True)   # push the guest's return address
+        e.piece(g, b"\x68" + struct.pack("<I", next_eip), True, counts=True)   # the guest's return address
         e.jump(target, target, True)                         # the call is done: at its target
     elif kind is Kind.RETURN:
-        e.piece(g, b"\xff\x34\x24", True)                    # push dword [esp]: ret's read
+        e.piece(g, b"\xff\x34\x24", True, counts=True)       # push dword [esp]: ret's read
         e.piece(g, b"\x8d\x64\x24\x04", False, undo_esp=4)   # lea esp, [esp+4]
         e.jump(g, None, False)
     elif kind is Kind.JUMP_INDIRECT:
-        e.piece(g, _push_form(insn), True)
-        e.jump(g, None, False)
+        e.piece(g, _push_form(insn), True, counts=True)
+        e.jump(g, None, False, undo_esp=4)
     elif kind is Kind.CALL_INDIRECT:
-        e.piece(g, _push_form(insn), True)                                  # the target
+        e.piece(g, _push_form(insn), True, counts=True)                     # the target
         e.piece(g, b"\xff\x34\x24", False, undo_esp=4)                      # below it, a copy
         e.piece(g, b"\xc7\x44\x24\x04" + struct.pack("<I", next_eip), False, undo_esp=8)   # the return address
-        e.jump(g, None, False)
+        e.jump(g, None, False, undo_esp=8)
