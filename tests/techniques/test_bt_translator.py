@@ -18,13 +18,13 @@ import keystone
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from unicorn import UC_HOOK_INTR, UcError
+from unicorn import UC_HOOK_INTR
 from unicorn import x86_const as X
 
 from hypervisor.machine.cpu import CS, Cpu
 from hypervisor.machine.descriptors import encode_segment
 from hypervisor.machine.native.tlbfill import TlbFill, native_fill
-from hypervisor.techniques.bt.cache import BLOCKS, BUCKETS, LOOKUP, MISS, TranslationCache
+from hypervisor.techniques.bt.cache import BLOCKS, MISS, TranslationCache
 from hypervisor.techniques.bt.classify import Kind, classify
 from hypervisor.techniques.bt.translator import ENTRY, translate_block
 from hypervisor.vmm.decode import decode

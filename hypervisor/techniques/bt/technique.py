@@ -1,7 +1,7 @@
-"""The bt technique: the guest kernel runs only from the translation cache.
+"""The bt technique: guest code runs only from the translation cache.
 
-bt is trap-and-emulate (techniques/trap.py) with one change: guest kernel code (virtual CPL 0,
-flat 32-bit CS, protected mode) never runs as written. Each slice enters the TC: CS's cached
+bt is trap-and-emulate (techniques/trap.py) with one change: guest code (flat 32-bit CS,
+protected mode) never runs as written. Each slice enters the TC: CS's cached
 base is set to the TC (above 4 GiB, where no guest access reaches) and EIP to the translation of
 the guest's EIP, translated on first use. The slice leaves it on the way out: EIP is mapped back
 to the guest's (a stop inside a rewritten instruction is rolled back to it, one inside the lookup
@@ -19,8 +19,9 @@ What stops translated code:
   trap's handlers as an exception exit;
 * everything that ends trap's slices (timer deadlines, the budget, a refused TLB fill).
 
-Guest user code (ring 3), real mode, a 16-bit or non-flat kernel CS, and the guest's rings 1 and
-2 run as under trap. Coherence: every frame translated code was read from is write-protected
+Code at every ring is translated (VMware ran user code as written; here ring 3's sgdt, str or
+pushf show the virtual CPU too); real mode, virtual-8086 mode and a 16-bit or non-flat CS run as
+under trap. Coherence: every frame translated code was read from is write-protected
 (the frame table's flag); a store to one drops the blocks read from its pages. A change of CR0,
 CR3 or CR4 flushes the cache (it is keyed by linear address).
 """
@@ -32,7 +33,7 @@ from ...errors import UnsupportedGuest
 from ...machine.cpu import CS, DS, EAX, ECX, EFLAGS, EIP, ES, ESP, FS, GS, SS
 from ...machine.faults import BusError, GuestFault
 from ...machine.interrupts import BP
-from ...vmm.decode import MAX_INSN, Reg
+from ...vmm.decode import Reg
 from ...vmm.exits import Exit, ExitReason
 from ...vmm.monitor import NS_PER_INSTRUCTION, software_interrupt_length
 from ...vmm.sensitive import SENSITIVE
@@ -246,11 +247,10 @@ class BinaryTranslation(TrapAndEmulate):
                 return
         cpu.cut_block(eip)
         found = self.cache.block_at(eip)
-        piece = found[0].piece_at(found[1]) if found else None
         length = 0
         if cpu.software_interrupt_raised():
             length = software_interrupt_length(intno, bytes(self._tc[max(0, eip - 2):eip]))
-        if length:
+        if length and found is not None:
             # int n / int3 / into copied from the guest: EIP is after it, on the jump that follows
             # (where the handler's iret comes back to); the guest instruction is the piece before.
             block, offset = found
