@@ -1167,6 +1167,7 @@ class Cpu:
             return
         if eip is None:
             eip = self.read(EIP)
+        eip += self._caches[CS].base        # blocks are known by linear address (CS's base + EIP)
         size = r.block_size
         if address <= eip < address + size:
             r.block_icount = 0              # the block is settled: nothing more of it runs
@@ -1201,6 +1202,7 @@ class Cpu:
         if not r.block_icount or (not self._running and r.stopped):
             return r.counter
         eip = self.read(EIP) if self.eip_hint is None else self.eip_hint
+        eip += self._caches[CS].base        # blocks are known by linear address (CS's base + EIP)
         start = r.block_address
         if not start <= eip < start + r.block_size:
             return r.counter                # the block ran to its end

@@ -21,9 +21,8 @@ pytestmark = pytest.mark.skipif(native_fill() is None, reason="bt needs the C TL
 
 # What bt does not yet get right, and why (docs/architecture.md, "Binary translation").
 KNOWN_GAPS = {
-    "smc_ahead": "a store into the running translated block: the rest of that block runs as translated "
-                 "before the store (the store is seen by the monitor only through the alias window)",
-    "smc_next": "the same: the patched instruction is the next one in the running block",
+    "smc_repmovs": "rep movsb over translated code: the iterations after the first refused store do not "
+                   "leave the rewritten function's old translation behind as they should (not found yet)",
     "sse_align": "the SSE alignment stop (Cpu._run_to_aligned) is not mapped through the cache",
     "stishadow": "sti is a callout run at its guest address; the interrupt after sti; mov ss lands one "
                  "instruction late",
@@ -57,7 +56,7 @@ def test_the_sensitive_guest_shows_what_the_bare_machine_shows_popek_goldberg_fi
 def test_guest_instructions_are_counted_as_the_bare_machine_counts_them():
     """The block hook counts a translated block's guest instructions (Cpu.override_counts), not the
     TC's: the same count as native, callouts and lookups included."""
-    for name in ("hello", "usermode", "paging_tasks"):
+    for name in ("hello", "usermode", "paging_tasks", "smc_ahead", "exceptions"):
         native = run_image(GUESTS / f"{name}.S", technique="native")
         bt = run_image(GUESTS / f"{name}.S", technique="bt")
         assert bt.instructions == native.instructions, name
@@ -70,7 +69,9 @@ def test_code_really_runs_from_the_cache_with_chained_blocks_and_lookups():
 
 
 def test_a_guest_that_writes_its_own_code_pages_drops_their_blocks():
-    """hello's runtime keeps its variables beside its code: each store there reaches the
-    write-protected frame and drops the blocks read from its page."""
-    stats = run_image(GUESTS / "hello.S", technique="bt").details["bt"]
-    assert stats["invalidations"] > 0
+    """hello's runtime keeps its variables beside its code: each store there is refused before it
+    happens (the frame holds translated code), drops the blocks read from its page and runs at
+    its guest address; the count of instructions stays the bare machine's."""
+    result = run_image(GUESTS / "hello.S", technique="bt")
+    assert result.details["bt"]["invalidations"] > 0
+    assert result.instructions == run_image(GUESTS / "hello.S", technique="native").instructions

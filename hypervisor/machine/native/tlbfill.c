@@ -79,8 +79,11 @@ struct uc_tlb_entry {           /* unicorn.h: struct uc_tlb_entry */
 enum { PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4 };     /* uc_prot, fixed by Unicorn's ABI */
 enum { MODE_IDENTITY = 0, MODE_SHADOW = 1, MODE_EPT = 2 };
 /* Why the last fill was refused (struct fill.fault). */
-enum { FAULT_NONE = 0, FAULT_PF = 1, FAULT_EPT = 2, FAULT_BUS = 3, FAULT_UNSUPPORTED = 4 };
-enum { EPT_R = 1, EPT_W = 2, EPT_X = 4, EPT_MMIO = 8 };     /* struct fill.ept, per guest frame */
+enum { FAULT_NONE = 0, FAULT_PF = 1, FAULT_EPT = 2, FAULT_BUS = 3, FAULT_UNSUPPORTED = 4, FAULT_CODE = 5 };
+/* struct fill.ept, per guest frame. EPT_CODE (SHADOW): translated code was read from the frame
+ * (binary translation): a store to it is refused (FAULT_CODE) before it happens, so the monitor
+ * drops the translations and runs the store itself, outside them. */
+enum { EPT_R = 1, EPT_W = 2, EPT_X = 4, EPT_MMIO = 8, EPT_CODE = 16 };
 
 #define CR0_PG (1u << 31)
 #define CR0_WP (1u << 16)
@@ -701,6 +704,12 @@ static bool walk_fill(struct fill *f, void *uc, uint64_t vaddr, int type, struct
         entry->paddr = gpa;
         entry->perms = PROT_READ | PROT_WRITE;
         return true;
+    }
+    if (write && (rights & EPT_CODE) && f->mode == MODE_SHADOW) {
+        f->fault = FAULT_CODE;                  /* a store to translated code: before it happens */
+        f->guest_physical = gpa;
+        f->qualification = 1u << 8;
+        return false;
     }
     if (write && !(rights & EPT_W) && f->mode == MODE_SHADOW && f->alias_base != 0
             && gpa >> PAGE_SHIFT < f->pfns) {

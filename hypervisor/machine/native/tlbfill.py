@@ -64,8 +64,8 @@ CTL_TLB_FLUSH = U.UC_CTL_TLB_FLUSH | (0 << 26) | (U.UC_CTL_IO_WRITE << 30)
 CTL_TLB_TYPE = U.UC_CTL_TLB_TYPE | (1 << 26) | (U.UC_CTL_IO_WRITE << 30)
 TLB_CPU, TLB_VIRTUAL = U.UC_TLB_CPU, U.UC_TLB_VIRTUAL
 MODE_IDENTITY, MODE_SHADOW, MODE_EPT = 0, 1, 2                      # tlbfill.c's MODE_*
-FAULT_NONE, FAULT_PF, FAULT_EPT, FAULT_BUS, FAULT_UNSUPPORTED = 0, 1, 2, 3, 4
-EPT_R, EPT_W, EPT_X, EPT_MMIO = 1, 2, 4, 8                          # per-frame rights (tlbfill.c)
+FAULT_NONE, FAULT_PF, FAULT_EPT, FAULT_BUS, FAULT_UNSUPPORTED, FAULT_CODE = 0, 1, 2, 3, 4, 5
+EPT_R, EPT_W, EPT_X, EPT_MMIO, EPT_CODE = 1, 2, 4, 8, 16            # per-frame rights (tlbfill.c)
 EPT_RWX = EPT_R | EPT_W | EPT_X
 EPT_TRANSLATION = 1 << 8             # qualification: the access itself, not a walk of the guest's tables
 FRAMES_4G = 1 << 20                                                 # 4 KiB frames below 4 GiB
@@ -342,6 +342,13 @@ class TlbFill:
         rights[pfn] = (rights[pfn] & ~EPT_W) if on else (rights[pfn] | EPT_W)
         self.flush()
 
+    def protect_code(self, pfn: int, on: bool) -> None:
+        """SHADOW: a store to guest frame ``pfn`` is refused before it happens (FAULT_CODE) while
+        ``on``: translated code was read from it (binary translation)."""
+        rights = self._rights
+        rights[pfn] = (rights[pfn] | EPT_CODE) if on else (rights[pfn] & ~EPT_CODE)
+        self.flush()
+
     @property
     def guest_paging(self) -> bool:
         """A walking mode, with the guest's paging on."""
@@ -397,7 +404,7 @@ class TlbFill:
         if error is None or kind == FAULT_NONE or getattr(error, "errno", None) != UC_ERR_EXCEPTION:
             return False
         linear = self._cpu.invalid_address()
-        gpa = f.guest_physical if kind in (FAULT_EPT, FAULT_BUS) else None
+        gpa = f.guest_physical if kind in (FAULT_EPT, FAULT_BUS, FAULT_CODE) else None
         if gpa is not None and f.qualification & EPT_TRANSLATION:
             gpa |= linear & 0xFFF       # the fill is told the page; the access's own offset is CR2's
         return TranslationFault(kind, linear, f.error_code, f.qualification, gpa)

@@ -38,6 +38,7 @@ from ...vmm.exits import Exit, ExitReason
 from ...vmm.monitor import NS_PER_INSTRUCTION, software_interrupt_length
 from ...vmm.sensitive import SENSITIVE
 from ..trap import TrapAndEmulate
+from ...machine.native.tlbfill import FAULT_CODE
 from .cache import BLOCKS, HIT, LOOKUP, MISS, TranslationCache
 from .translator import ENTRY, translate_block
 
@@ -69,6 +70,7 @@ class BinaryTranslation(TrapAndEmulate):
         self._step_natively: int | None = None      # the guest EIP of a callout to run as trap runs it
         self._callout = None
         self._software: int | None = None
+        self._code_store = False                   # the slice ended at a store to translated code
         self._code_frames: dict[int, set[int]] = {}      # guest frame -> linear pages translated from it
         self._counts: dict[int, list[int]] = {}          # TC start of a block -> offsets of its counted pieces
         self.callouts: dict[str, int] = {}
@@ -136,10 +138,10 @@ class BinaryTranslation(TrapAndEmulate):
         if step is not None and step == self.cpu.read(EIP):
             # A callout that runs as trap runs it: one instruction, at its guest address (unless
             # an interrupt came first: then the callout comes round again after its handler).
-            return super()._execute(1, ExitReason.MONITOR_TRAP_FLAG)
+            return self._untranslated(1, ExitReason.MONITOR_TRAP_FLAG)
         self._check_paging()
         if not self._translatable():
-            return super()._execute(budget, reason)
+            return self._untranslated(budget, reason)
         cpu = self.cpu
         self._guest_cs_base = cpu._caches[CS].base
         cpu.write(EIP, self._entry(cpu.read(EIP)))
@@ -150,6 +152,14 @@ class BinaryTranslation(TrapAndEmulate):
         finally:
             position = self._leave()
         return self._mapped(exit, position)
+
+    def _untranslated(self, budget: int, reason: ExitReason) -> Exit | None:
+        exit = super()._execute(budget, reason)
+        if self._code_store:                    # a store to translated code: run it, here, next
+            self._code_store = False
+            self._step_natively = self.cpu.read(EIP)
+            return None
+        return exit
 
     def _leave(self) -> tuple[int, str]:
         """Back to guest state: EIP (and ESP) as the guest instruction's; what the TC EIP was."""
@@ -213,6 +223,10 @@ class BinaryTranslation(TrapAndEmulate):
         guest, kind = position
         callout, self._callout = self._callout, None
         software, self._software = self._software, None
+        if self._code_store:                    # a store to translated code: run it at its guest address
+            self._code_store = False
+            self._step_natively = guest
+            return None
         if exit is None:
             return None
         if callout is not None:
@@ -358,28 +372,37 @@ class BinaryTranslation(TrapAndEmulate):
         self.cache.flush()
         self._counts.clear()
         frames, self._code_frames = self._code_frames, {}
-        self.pc.protect_frames(set(frames) - self._gdt_frames - self._ldt_frames, False)
+        for pfn in frames:
+            self.pc.tlb.protect_code(pfn, False)
 
     def _protect_code(self, block) -> None:
-        """Write-protect the frames the block was read from: a store there must drop it."""
-        new = []
+        """Refuse stores to the frames the block was read from (tlbfill.c EPT_CODE): a store
+        there stops before it happens, and ``translation_fault`` drops the block first."""
         for page in block.pages:
             pfn = self._frame_of(page << 12)
             if pfn is None or pfn >= len(self.pc.memory.p2m):
                 continue                        # not RAM: nothing there can be written as code
             if pfn not in self._code_frames:
                 self._code_frames[pfn] = set()
-                new.append(pfn)
+                self.pc.tlb.protect_code(pfn, True)
             self._code_frames[pfn].add(page)
-        if new:
-            self.pc.protect_frames(new, True)
 
-    def _guest_wrote_protected(self, address: int, size: int) -> None:
-        super()._guest_wrote_protected(address, size)
-        for pfn in range(address >> 12, ((address + size - 1) >> 12) + 1):
-            for page in self._code_frames.get(pfn, ()):
-                if self.cache.invalidate_page(page) and self._in_tc:
-                    self.stop_slice(None)        # the rest of a running block may be stale
+    def translation_fault(self, fault, eip: int) -> Exit:
+        """A store to a frame translated code was read from, refused before it happened: the
+        blocks read from its pages go, the frame is open again, and the store runs as one
+        instruction at its guest address (the blocks after it are translated afresh, from the
+        bytes it wrote, and protect the frame again)."""
+        if fault.kind != FAULT_CODE:
+            return super().translation_fault(fault, eip)
+        pfn = fault.guest_physical >> 12
+        for page in self._code_frames.pop(pfn, ()):
+            self.cache.invalidate_page(page)
+        self.pc.tlb.protect_code(pfn, False)
+        self._code_store = True
+        # The slice counted the refused store as run (as a fault's instruction counts); it runs in
+        # the next one. (The virtual clock, which cannot go back, stays that one instruction ahead.)
+        self.instructions -= 1
+        return Exit(ExitReason.PREEMPTION_TIMER, eip)
 
     def details(self) -> dict:
         details = super().details()
