@@ -22,6 +22,7 @@ from hypervisor.machine.descriptors import encode_segment
 from hypervisor.vmm.decode import decode
 from hypervisor.vmm.sensitive import SENSITIVE, visible_eflags
 from hypervisor.vmm.vcpu import VirtualCpu
+from tests.vmm.test_emulate import FakeGuest
 
 GDT, STACK, DATA, CODE = 0x1000, 0x8000, 0x4000, 0x10000
 FLAT_CODE, FLAT_DATA = 0x08, 0x10
@@ -53,14 +54,7 @@ class Fake:
     def write_register(self, name: str, value: int) -> None:
         self.regs[name] = value & 0xFFFFFFFF
 
-    def operand_value(self, op, size: int = 4) -> int:
-        from hypervisor.vmm.decode import Mem, Reg
-        mask = (1 << (8 * size)) - 1
-        if isinstance(op, Reg):
-            return self.read_register(op.name) & mask
-        if isinstance(op, Mem):
-            return int.from_bytes(self.read_linear(self.effective_address(op), size), "little")
-        return op.value & mask
+    operand_value = FakeGuest.operand_value      # registers, memory and immediates, as there
 
     def effective_address(self, mem) -> int:
         return mem.offset(self.read_register) & 0xFFFFFFFF
