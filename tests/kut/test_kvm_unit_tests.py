@@ -110,3 +110,19 @@ def test_trap_parts_from_qemu_where_a_sensitive_instruction_shows_ring_1(name):
     text = result.console.decode("latin-1")
     assert text != console.decode("latin-1")
     assert TRAP_SENSITIVE[name] in text or result.halted_reason.startswith("guest crash")
+
+
+# bt (being built, docs/architecture.md "Binary translation"): the sensitive instructions are
+# callouts, so umip and taskswitch match where trap cannot; two do not match yet.
+BT_GAPS = {"eventinj": "prints 'OF isr running' where QEMU prints 'After into' (cause not found yet)",
+           "emulator": "ends in a guest crash (guest-physical 0xff0000...) where QEMU goes on (cause not found yet)"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=BT_GAPS[n], strict=True))
+                                  if n in BT_GAPS else n for n in TESTS])
+def test_bt_prints_what_qemu_prints(name):
+    image = flat(name)
+    console, exit_code = run_qemu(image)
+    result = run_image(image, technique="bt", memory_mib=MEMORY_MIB, max_instructions=50_000_000)
+    assert result.console.decode("latin-1") == console.decode("latin-1"), result.halted_reason
+    assert result.exit_code == exit_code, result.halted_reason
