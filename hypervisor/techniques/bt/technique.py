@@ -69,7 +69,7 @@ class BinaryTranslation(TrapAndEmulate):
         self._paging_key = None
         self._step_natively: int | None = None      # the guest EIP of a callout to run as trap runs it
         self._callout = None
-        self._software: int | None = None
+        self._software = False                     # the slice ended at an int n copied from the guest
         self._code_store = False                   # the slice ended at a store to translated code
         self._code_frames: dict[int, set[int]] = {}      # guest frame -> linear pages translated from it
         self._counts: dict[int, list[int]] = {}          # TC start of a block -> offsets of its counted pieces
@@ -222,7 +222,7 @@ class BinaryTranslation(TrapAndEmulate):
         """The slice's exit in guest terms; None where bt answered it itself."""
         guest, kind = position
         callout, self._callout = self._callout, None
-        software, self._software = self._software, None
+        software, self._software = self._software, False
         if self._code_store:                    # a store to translated code: run it at its guest address
             self._code_store = False
             self._step_natively = guest
@@ -238,7 +238,7 @@ class BinaryTranslation(TrapAndEmulate):
             return Exit(ExitReason.CALLOUT, guest, 0)
         if kind == "lookup" and exit.reason is ExitReason.EXCEPTION_NMI:
             return None                         # a fault of the stub's own stack use: the branch is done
-        exit.eip = software if software is not None else guest
+        exit.eip = (guest - exit.length) & 0xFFFFFFFF if software else guest
         return exit
 
     # -- what stops translated code --------------------------------------------------------------
@@ -265,11 +265,10 @@ class BinaryTranslation(TrapAndEmulate):
         if cpu.software_interrupt_raised():
             length = software_interrupt_length(intno, bytes(self._tc[max(0, eip - 2):eip]))
         if length and found is not None:
-            # int n / int3 / into copied from the guest: EIP is after it, on the jump that follows
-            # (where the handler's iret comes back to); the guest instruction is the piece before.
-            block, offset = found
-            before = max((p for p in block.pieces if p.offset < offset and p.counts), key=lambda p: p.offset)
-            self._software = before.guest_eip
+            # int n / int3 / into copied from the guest: EIP is after it, on the jump that follows,
+            # which stands for the next guest instruction (where the handler's iret comes back
+            # to); the exit is ``length`` before it, as the monitor makes it for the bare CPU.
+            self._software = True
             self.stop_slice(Exit(ExitReason.EXCEPTION_NMI, eip, length, intno, software=True))
             return
         error = self.error_code_for(intno)
@@ -330,6 +329,16 @@ class BinaryTranslation(TrapAndEmulate):
         return any(isinstance(op, Reg) and op.name in ("cs", "ss", "ds", "es", "fs", "gs") for op in ops[-1:])
 
     # -- what the sensitive callouts need (vmm/sensitive.py's Sensitive) ---------------------------
+    def write_linear(self, address: int, data: bytes) -> None:
+        """A callout's store: to RAM, or (smsw or sgdt to a device's page) to the device there."""
+        try:
+            super().write_linear(address, data)
+        except BusError:
+            physical = self.space.translate(address, write=True)
+            if self.pc.mmio.device_at(physical) is None:
+                raise
+            self.pc.mmio.mmio_write(physical, len(data), int.from_bytes(data, "little"))
+
     def real_eflags(self) -> int:
         return self.cpu.read(EFLAGS)
 
