@@ -930,7 +930,7 @@ class Cpu:
         r.counter += 1
         r.block_address, r.block_size, r.block_icount = 0, 0, 0
         insn = next(self._disassembler().disasm_lite(bytes(self.code_reader(at, 16)), at), None)
-        return at, insn[1] if insn else 1
+        return (at - self._caches[CS].base) & 0xFFFFFFFF, insn[1] if insn else 1     # (EIP, not linear)
 
     def _run_to_io(self, start: int, size: int, until: int) -> bool:
         """The block at ``start`` holds port I/O and runs with CPL > IOPL: run it up to the
@@ -1054,12 +1054,12 @@ class Cpu:
         self.block_hook.learn(start, end - start, n, self._decode_block(start, end - start)[1])
         r.stopped = 0
         try:
-            self.uc.emu_start(start, end)
+            self.uc.emu_start((start - self._caches[CS].base) & 0xFFFFFFFF, end)   # begin is an EIP
         except UcError:
             self._failed = True
             self.uc.ctl_flush_tb()
             raise
-        clean = (self.read(EIP) == end and r.counter == before + n and not r.stopped
+        clean = (self.read(EIP) + self._caches[CS].base == end and r.counter == before + n and not r.stopped
                  and len(self._cuts) == cuts and self._stop_eip is None)
         if clean:
             self.uc.ctl_remove_cache(start, start + 1)
