@@ -25,6 +25,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Protocol
 
+from ..machine.cpu import WIDE_NAME
 from ..machine.faults import GuestFault
 from ..machine.interrupts import UD
 from .decode import Instruction, Mem, Reg
@@ -61,16 +62,14 @@ def _push(m: Sensitive, value: int, size: int) -> None:
     m.write_register("esp", esp)
 
 
-def _store(m: Sensitive, op, value: int, register_size: int) -> None:
-    """Write ``value`` to a register (``register_size`` bytes of it; 4: the whole register) or
-    to memory (16 bits)."""
-    if isinstance(op, Reg):
-        if op.size == 2:
-            wide = {"ax": "eax", "bx": "ebx", "cx": "ecx", "dx": "edx", "sp": "esp", "bp": "ebp",
-                    "si": "esi", "di": "edi"}[op.name]
-            m.write_register(wide, (m.read_register(wide) & 0xFFFF0000) | (value & 0xFFFF))
-        else:
-            m.write_register(op.name, value & (0xFFFFFFFF if register_size == 4 else 0xFFFF))
+def _store(m: Sensitive, op, value: int) -> None:
+    """Write ``value`` to a register (a 16-bit one keeps its register's high word) or to memory
+    (16 bits)."""
+    if isinstance(op, Reg) and op.size == 2:
+        wide = WIDE_NAME[op.name]
+        m.write_register(wide, (m.read_register(wide) & 0xFFFF0000) | (value & 0xFFFF))
+    elif isinstance(op, Reg):
+        m.write_register(op.name, value & 0xFFFFFFFF)
     else:
         m.write_linear(m.effective_address(op), (value & 0xFFFF).to_bytes(2, "little"))
 
@@ -131,12 +130,12 @@ def sidt(m: Sensitive, insn: Instruction):
 
 
 def sldt(m: Sensitive, insn: Instruction):
-    _store(m, insn.operands[0], m.vcpu.ldtr, _operand_size(insn))
+    _store(m, insn.operands[0], m.vcpu.ldtr)
     return ExitReason.LDTR_TR_ACCESS, "sldt: the monitor stores the virtual LDTR"
 
 
 def str_(m: Sensitive, insn: Instruction):
-    _store(m, insn.operands[0], m.vcpu.tr, _operand_size(insn))
+    _store(m, insn.operands[0], m.vcpu.tr)
     return ExitReason.LDTR_TR_ACCESS, "str: the monitor stores the virtual TR"
 
 
@@ -145,7 +144,7 @@ def smsw(m: Sensitive, insn: Instruction):
     if isinstance(op, Reg) and op.size == 4:         # QEMU writes the low 16 bits only, even of a 32-bit register
         m.write_register(op.name, (m.read_register(op.name) & 0xFFFF0000) | (m.vcpu.cr0 & 0xFFFF))
     else:
-        _store(m, op, m.vcpu.cr0, 2)
+        _store(m, op, m.vcpu.cr0)
     return ExitReason.CR_ACCESS, "smsw: the monitor stores the virtual CR0"
 
 
@@ -154,7 +153,7 @@ def mov(m: Sensitive, insn: Instruction):
     dest, source = insn.operands
     if not (isinstance(source, Reg) and source.name in ("cs", "ss", "ds", "es", "fs", "gs")):
         raise GuestFault(UD, None, why=f"{insn.text} is not a segment-register read")
-    _store(m, dest, m.guest_selector(source.name), _operand_size(insn))
+    _store(m, dest, m.guest_selector(source.name))
     return ExitReason.SEGMENT_LOAD, f"mov from {source.name}: the monitor gives the selector with the virtual RPL"
 
 
@@ -206,7 +205,7 @@ def _selector_operand(m: Sensitive, insn: Instruction) -> int:
 def lar(m: Sensitive, insn: Instruction):
     raw = _checked(m, _selector_operand(m, insn), _LAR_SYSTEM, None)
     if raw is not None:
-        _store(m, insn.operands[0], (raw >> 32) & 0x00F0FF00, _operand_size(insn))
+        _store(m, insn.operands[0], (raw >> 32) & 0x00F0FF00)
     _set_zf(m, raw is not None)
     return ExitReason.CALLOUT, "lar: the monitor reads the guest's own descriptor, checked against the virtual CPL"
 
@@ -217,7 +216,7 @@ def lsl(m: Sensitive, insn: Instruction):
         limit = (raw & 0xFFFF) | ((raw >> 32) & 0xF0000)
         if (raw >> 55) & 1:
             limit = (limit << 12) | 0xFFF
-        _store(m, insn.operands[0], limit, _operand_size(insn))
+        _store(m, insn.operands[0], limit)
     _set_zf(m, raw is not None)
     return ExitReason.CALLOUT, "lsl: the monitor reads the guest's own segment limit"
 
