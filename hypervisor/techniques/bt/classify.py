@@ -70,7 +70,7 @@ _TRAPS = frozenset({"int", "int3", "into", "int1"})
 _CONTROL_REGISTER = ("cr", "dr")
 
 
-def _reads_segment_register(name: str, insn: Instruction) -> bool:
+def reads_segment_register(name: str, insn: Instruction) -> bool:
     """mov r/m, sreg or push sreg. (A segment *load* runs as under trap: through the shadow GDT,
     or a fault the monitor handles.)"""
     ops = insn.operands
@@ -99,7 +99,7 @@ def why_called_out(insn: Instruction, guest_cs_base: int = 0) -> str | None:
         return "ret imm16: the lookup stub pops one word only"
     if name == "mov" and any(isinstance(op, Reg) and op.name.startswith(_CONTROL_REGISTER) for op in insn.operands):
         return "moves to or from a control or debug register: privileged"
-    if _reads_segment_register(name, insn):
+    if reads_segment_register(name, insn):
         return "reads a segment register: CS and SS would show the real RPL, not the virtual ring"
     if 0x66 in insn.prefixes and (name in ("call", "ret", "jmp") or name in _LOOPS):
         return "a 16-bit control transfer (EIP cut to 16 bits)"

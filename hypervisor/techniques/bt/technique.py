@@ -33,18 +33,17 @@ from ...errors import UnsupportedGuest
 from ...machine.cpu import CS, DS, EAX, ECX, EFLAGS, EIP, ES, ESP, FS, GS, SS
 from ...machine.faults import BusError, GuestFault
 from ...machine.interrupts import BP
-from ...vmm.decode import Reg
 from ...vmm.exits import Exit, ExitReason
 from ...vmm.monitor import NS_PER_INSTRUCTION, software_interrupt_length
 from ...vmm.sensitive import SENSITIVE
 from ..trap import TrapAndEmulate
 from ...machine.native.tlbfill import FAULT_CODE
 from .cache import BLOCKS, HIT, LOOKUP, MISS, TranslationCache
+from .classify import reads_segment_register
 from .translator import ENTRY, translate_block
 
 TC_BASE = 0x3_0000_0000                 # above trap's monitor memory and the shadow alias window
 TC_SIZE = 8 << 20
-_SENSITIVE_READS = frozenset({"mov", "push"})     # only as segment-register reads (classify says so)
 _SEGMENTS = {"cs": CS, "ss": SS, "ds": DS, "es": ES, "fs": FS, "gs": GS}
 _LOOKUP_PUSHES = {LOOKUP: 0, LOOKUP + 1: 1, LOOKUP + 2: 2}  # before push eax, pushfd, push ecx
 _HIT_POPPED = {HIT + 4: 3, HIT + 5: 2, HIT + 6: 1, HIT + 7: 0}   # saved registers left above the TC address
@@ -72,7 +71,6 @@ class BinaryTranslation(TrapAndEmulate):
         self._software = False                     # the slice ended at an int n copied from the guest
         self._code_store = False                   # the slice ended at a store to translated code
         self._code_frames: dict[int, set[int]] = {}      # guest frame -> linear pages translated from it
-        self._counts: dict[int, list[int]] = {}          # TC start of a block -> offsets of its counted pieces
         self.callouts: dict[str, int] = {}
         self.handlers[ExitReason.CALLOUT] = self.handle_callout
 
@@ -98,11 +96,7 @@ class BinaryTranslation(TrapAndEmulate):
         if found is None:
             return 0
         block, offset = found
-        start = at - offset
-        counted = self._counts.get(start)
-        if counted is None:
-            counted = self._counts[start] = [start + p.offset for p in block.pieces if p.counts]
-        return sum(1 for c in counted if at <= c < at + size)
+        return sum(1 for c in block.counted if offset <= c < offset + size)
 
     def _guest_code(self, address: int, length: int) -> bytes:
         for n in range(length, 0, -1):
@@ -129,7 +123,6 @@ class BinaryTranslation(TrapAndEmulate):
         block = translate_block(self._guest_code, guest_eip)
         self.stats.add(ExitReason.TRANSLATION)
         tc = self.cache.add(block)
-        self._counts.pop(block.tc, None)
         self._protect_code(block)
         return tc
 
@@ -307,7 +300,7 @@ class BinaryTranslation(TrapAndEmulate):
         handler = SENSITIVE.get(name) if name is not None else None
         if self.instructions >= self.max_instructions:
             return                              # the budget is spent: the next slice ends the run here
-        if handler is not None and (name not in _SENSITIVE_READS or self._reads_segment(insn)):
+        if handler is not None and (name not in ("mov", "push") or reads_segment_register(name, insn)):
             self.callouts[name] = self.callouts.get(name, 0) + 1
             done = self.guarded(exit.eip, handler, self, insn)
             if done is not None:
@@ -322,11 +315,6 @@ class BinaryTranslation(TrapAndEmulate):
         self.record(ExitReason.CALLOUT, exit.eip, key, "a callout the monitor runs as one instruction at its guest "
                     "address, as trap-and-emulate runs it", insn)
         self._step_natively = exit.eip
-
-    @staticmethod
-    def _reads_segment(insn) -> bool:
-        ops = insn.operands
-        return any(isinstance(op, Reg) and op.name in ("cs", "ss", "ds", "es", "fs", "gs") for op in ops[-1:])
 
     # -- what the sensitive callouts need (vmm/sensitive.py's Sensitive) ---------------------------
     def write_linear(self, address: int, data: bytes) -> None:
@@ -379,7 +367,6 @@ class BinaryTranslation(TrapAndEmulate):
 
     def _drop_all(self) -> None:
         self.cache.flush()
-        self._counts.clear()
         frames, self._code_frames = self._code_frames, {}
         for pfn in frames:
             self.pc.tlb.protect_code(pfn, False)

@@ -83,6 +83,11 @@ class TranslatedBlock:
     tc: int | None = field(default=None)      # where the cache placed it (its indirect entry)
 
     @property
+    def counted(self) -> list[int]:
+        """Offsets of the pieces that perform a guest instruction (the block hook counts them)."""
+        return [p.offset for p in self.pieces if p.counts]
+
+    @property
     def pages(self) -> set[int]:
         """The guest pages the block was read from."""
         return set(range(self.guest_eip >> 12, ((self.guest_end - 1) >> 12) + 1))
