@@ -657,12 +657,18 @@ class Monitor:
     def fetch(self, eip: int) -> Instruction | None:
         """The instruction at ``eip`` (None where it cannot be read or decoded): near the end of
         readable memory, decoded from as many bytes as can be read."""
-        for length in range(MAX_INSN, 0, -1):
+        code = self.readable(eip, MAX_INSN)
+        return decode(code, eip) if code else None
+
+    def readable(self, address: int, length: int) -> bytes:
+        """As many of the ``length`` bytes at linear ``address`` as can be read, from the start
+        (empty where not even the first can)."""
+        for n in range(length, 0, -1):
             try:
-                return decode(self.read_linear(eip, length), eip)
+                return self.read_linear(address, n)
             except (GuestFault, BusError, IndexError):
                 continue
-        return None
+        return b""
 
     def effective_address(self, mem: Mem) -> int:
         """Offset + segment base: the linear address of a memory operand."""

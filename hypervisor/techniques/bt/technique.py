@@ -31,7 +31,7 @@ import struct
 
 from ...errors import UnsupportedGuest
 from ...machine.cpu import CS, DS, EAX, ECX, EFLAGS, EIP, ES, ESP, FS, GS, SS
-from ...machine.faults import BusError, GuestFault
+from ...machine.faults import BusError
 from ...machine.interrupts import BP
 from ...vmm.exits import Exit, ExitReason
 from ...vmm.monitor import NS_PER_INSTRUCTION, software_interrupt_length
@@ -98,14 +98,6 @@ class BinaryTranslation(TrapAndEmulate):
         block, offset = found
         return sum(1 for c in block.counted if offset <= c < offset + size)
 
-    def _guest_code(self, address: int, length: int) -> bytes:
-        for n in range(length, 0, -1):
-            try:
-                return self.read_linear(address, n)
-            except (GuestFault, BusError, IndexError):
-                continue
-        return b""
-
     # -- entering and leaving the TC -------------------------------------------------------------
     def _translatable(self) -> bool:
         """Code in flat 32-bit protected mode, at any ring: what bt translates. (VMware ran user
@@ -120,7 +112,7 @@ class BinaryTranslation(TrapAndEmulate):
         tc = self.cache.lookup(guest_eip)
         if tc is not None:
             return tc
-        block = translate_block(self._guest_code, guest_eip)
+        block = translate_block(self.readable, guest_eip)
         self.stats.add(ExitReason.TRANSLATION)
         tc = self.cache.add(block)
         self._protect_code(block)
