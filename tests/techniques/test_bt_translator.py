@@ -346,3 +346,12 @@ def test_any_bytes_translate_and_place_without_error(code, offset):
                for p in block.pieces)
     cache = TranslationCache(lambda at, data: None, BLOCKS + 4096)
     assert cache.add(block) == block.tc + ENTRY
+
+
+@pytest.mark.parametrize("raw, opcode", [(b"\xf3\x70\x00", b"\x0f\x80"), (b"\x2e\x74\x00", b"\x0f\x84"),
+                                         (b"\x3e\x0f\x85\x00\x00\x00\x00", b"\x0f\x85")])
+def test_a_prefixed_conditional_branch_keeps_its_condition(raw, opcode):
+    """Capstone leaves some prefixes out of its list (an F3 before jo): the opcode is found after
+    every legacy prefix byte, and the rewritten jcc tests the same condition."""
+    block = translate_block(lambda address, length: raw[address - CODE:address - CODE + length], CODE)
+    assert block.code[ENTRY:ENTRY + 2] == opcode

@@ -126,12 +126,24 @@ class _Emitter:
             self.exits.append((field_at, target & 0xFFFFFFFF))
 
 
+_LEGACY_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
+
+
+def _opcode_at(insn: Instruction) -> int:
+    """Where the opcode starts in the instruction's bytes: after every legacy prefix (capstone's
+    prefix list leaves out some it ignores, as an F3 before a jcc)."""
+    at = 0
+    while at < len(insn.raw) - 1 and insn.raw[at] in _LEGACY_PREFIXES:
+        at += 1
+    return at
+
+
 def _push_form(insn: Instruction) -> bytes:
     """``push r/m32`` with the operand of a ``jmp r/m32`` or ``call r/m32`` (FF /4, FF /2 -> FF /6):
     the same prefixes, ModRM (its reg field changed), SIB and displacement, so the operand is
     read exactly as the branch reads it."""
     raw = insn.raw
-    at = raw.index(0xFF, len(insn.prefixes))
+    at = _opcode_at(insn)
     modrm = raw[at + 1]
     return raw[:at + 1] + bytes([(modrm & 0xC7) | (6 << 3)]) + raw[at + 2:]
 
@@ -179,13 +191,14 @@ def _emit(e: _Emitter, insn: Instruction, kind: Kind, guest_cs_base: int) -> Non
     elif kind is Kind.JUMP:
         e.jump(g, insn.operands[0].value, True, counts=True)
     elif kind is Kind.BRANCH:
-        condition = insn.raw[len(insn.prefixes)]
-        condition = insn.raw[len(insn.prefixes) + 1] - 0x80 if condition == 0x0F else condition - 0x70
+        at = _opcode_at(insn)
+        condition = insn.raw[at + 1] - 0x80 if insn.raw[at] == 0x0F else insn.raw[at] - 0x70
         e.jump(g, insn.operands[0].value, True, opcode=bytes([0x0F, 0x80 + condition]), counts=True)
         e.jump(next_eip, next_eip, True)                     # not taken: at the next instruction
     elif kind is Kind.LOOP:
-        opcode = insn.raw[len(insn.prefixes)]
-        prefix = b"\x67" if 0x67 in insn.prefixes else b""
+        at = _opcode_at(insn)
+        opcode = insn.raw[at]
+        prefix = b"\x67" if 0x67 in insn.raw[:at] else b""
         target = insn.operands[0].value
         e.piece(g, prefix + bytes([opcode, 0x02]), True, counts=True)     # taken: over the next jmp
         e.piece(next_eip, b"\xeb\x05", True)                # not taken: over the taken jmp
